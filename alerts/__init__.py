@@ -1,0 +1,1 @@
+"""Alert rules and Alertmanager configuration as code, generated from one config object."""

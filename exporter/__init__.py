@@ -1,0 +1,1 @@
+"""The Prometheus exporter: gather (sources) → snapshot → render → serve."""

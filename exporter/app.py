@@ -1,0 +1,94 @@
+"""The exporter put together from a configuration: sources, refresher, HTTP server."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import dataclass
+
+from exporter.kafka_source import KafkaSource
+from exporter.refresh import Refresher, Source, default_build_info
+from exporter.render import Renderer
+from exporter.server import Endpoints, ExporterHTTPServer, landing_page
+from exporter.services_source import ServicesSource
+from exporter.web import authorizer, wrap_tls
+from pipeline.config import Config
+from treewatch import __version__
+
+log = logging.getLogger("treewatch.exporter")
+
+
+@dataclass
+class Exporter:
+    config: Config
+    refresher: Refresher
+    server: ExporterHTTPServer
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.config.exporter.web.tls_cert_file else "http"
+        return f"{scheme}://127.0.0.1:{self.server.port}"
+
+    def start(self) -> Exporter:
+        self.refresher.start()
+        self.server.serve_in_thread()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.refresher.stop()
+
+
+def build_sources(config: Config) -> list[Source]:
+    sources: list[Source] = [KafkaSource(config)]
+    if config.services:
+        sources.append(ServicesSource(config))
+    return sources
+
+
+def build_exporter(config: Config, *, port: int | None = None) -> Exporter:
+    """An exporter for ``config``, not yet started; ``port`` overrides the configured one (0: any)."""
+    settings = config.exporter
+    refresher = Refresher(
+        build_sources(config),
+        interval_seconds=settings.refresh_interval_seconds,
+        stale_grace_seconds=settings.stale_grace_seconds,
+        max_series=settings.max_series,
+        build_info=default_build_info(__version__),
+    )
+    host, configured_port = settings.listen_host_port
+    endpoints = Endpoints(
+        renderer=Renderer(lambda: refresher.current),
+        ready=lambda: refresher.ready,
+        landing_page=lambda: landing_page("treewatch exporter", _landing_rows(config, refresher)),
+    )
+    server = ExporterHTTPServer((host, configured_port if port is None else port), endpoints,
+                                authorize=authorizer(settings.web))
+    wrap_tls(server, settings.web)
+    return Exporter(config, refresher, server)
+
+
+def _landing_rows(config: Config, refresher: Refresher) -> list[tuple[str, str]]:
+    # Only names and addresses: no credential of any kind reaches this page.
+    rows = [("configuration", config.source), ("environment", config.env),
+            ("kafka", config.kafka.bootstrap_servers), ("security", config.kafka.security_protocol)]
+    rows += [(f"stage {s.name}", f"group {s.group}; request topic {s.request_topic}") for s in config.stages]
+    rows += [(f"service {s.name}", s.url) for s in config.services]
+    for name, status in refresher.collector_status().items():
+        state = {True: "ok", False: f"failing: {status['error']}", None: "not run yet"}[status["ok"]]
+        rows.append((f"collector {name}", state))
+    return rows
+
+
+def run_exporter(config: Config) -> None:
+    """Serve until SIGTERM or SIGINT, then stop every thread cleanly."""
+    exporter = build_exporter(config).start()
+    log.info("serving %s/metrics (refresh every %ss)", exporter.url, config.exporter.refresh_interval_seconds)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
+    log.info("shutting down")
+    exporter.stop()

@@ -1,0 +1,3 @@
+from treewatch.cli import main
+
+main()
