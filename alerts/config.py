@@ -5,6 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipeline.config import DEFAULT_STAGES
+
+# The dashboards engineer generates these dashboards; their uids are fixed so links never break.
+OVERVIEW_DASHBOARD_UID = "tree-stamping-overview"
+GROUPS_DLQ_DASHBOARD_UID = "tree-stamping-groups-dlq"
+
 
 @dataclass(frozen=True)
 class MonitoringConfig:
@@ -18,6 +24,84 @@ class MonitoringConfig:
     error_ratio: float = 0.05
     # SLO: share of a stage's events that must complete rather than fail.
     slo_objective: float = 0.999
+    # SLO window the dashboards count the error budget left over (the burn rates assume 30 days).
+    slo_window: str = "30d"
+
+    # -- selectors ------------------------------------------------------------------------------
+    # Prometheus' job for the treewatch exporter; every rule selects the exporter's series by it.
+    exporter_selector: str = 'job="treewatch"'
+    # Which topics are dead letter queues (the guide's own regex), for the high-watermark based DLQ rules.
+    dlq_topic_selector: str = 'topic=~".*\\\\.dlq"'
+    # (consumer group, stage) pairs: consumer-group metrics carry no stage, the rules attach it from here.
+    stage_groups: tuple[tuple[str, str], ...] = tuple(
+        (stage["group"], name) for name, stage in DEFAULT_STAGES.items()
+    )
+
+    # -- consumer groups ------------------------------------------------------------------------
+    # ConsumerLagTooOld: age of the oldest unconsumed record (kafka_consumer_group_lag_seconds).
+    consumer_lag_max_age_seconds: int = 900
+    # ConsumerGroupStalled: a partition with lag whose committed offset has not moved for this long.
+    consumer_stalled_seconds: int = 600
+
+    # -- dead letter queues ---------------------------------------------------------------------
+    # DLQRecordsUnhandled: the oldest record still in a DLQ is older than this (a day of neglect).
+    dlq_oldest_record_max_age_seconds: int = 86_400
+
+    # -- the exporter ---------------------------------------------------------------------------
+    # TreewatchDataStale: a collector's last success is older than this (default refresh is 15 s).
+    data_stale_seconds: int = 300
+
+    # -- SLO burn rates (Google SRE workbook, 30-day budget) ------------------------------------
+    # Page when the 1h and 5m windows both burn the budget this many times faster than allowed.
+    burn_rate_fast_1h: float = 14.4
+    # Page when the 6h and 30m windows both burn this fast.
+    burn_rate_fast_6h: float = 6.0
+    # Ticket when the 1d and 2h windows both burn this fast.
+    burn_rate_slow_1d: float = 3.0
+    # Ticket when the 3d and 6h windows both burn this fast.
+    burn_rate_slow_3d: float = 1.0
+
+    # -- links ----------------------------------------------------------------------------------
+    # Where the repository's files are browsable; runbook_url = this + "docs/runbooks.md#<anchor>".
+    docs_base_url: str = "https://github.com/tree-stamping/treewatch/blob/main/"
+    # Grafana's external URL; dashboard_url = this + "/d/<uid>".
+    grafana_url: str = "http://localhost:3000"
+    # Alertmanager's and Prometheus' external URLs are theirs to set (--web.external-url); not here.
+
+    # -- Alertmanager ---------------------------------------------------------------------------
+    # Slack channel that pages on-call (severity=critical).
+    slack_oncall_channel: str = "#tree-stamping-oncall"
+    # Slack channel for automated warnings (severity=warning).
+    slack_alerts_channel: str = "#tree-stamping-alerts"
+    # File holding the Slack webhook URL (a secret: mounted at deploy time, never in the repo).
+    slack_api_url_file: str = "/etc/alertmanager/secrets/slack-api-url"
+    # Template files, relative to alertmanager.yml (Alertmanager resolves them from its directory).
+    alertmanager_templates: tuple[str, ...] = ("slack.tmpl",)
+    # Dead man's switch that expects the Watchdog heartbeat (not a secret: the token is below).
+    heartbeat_url: str = "http://localhost:9095/heartbeat"
+    # File with a bearer token for the heartbeat service; None when it needs none.
+    heartbeat_credentials_file: str | None = None
+    # How often the Watchdog heartbeat is re-sent; the heartbeat service alarms when it stops.
+    heartbeat_repeat_interval: str = "1m"
+    # Wait this long for more alerts of a new group before the first notification.
+    group_wait: str = "30s"
+    # Wait this long before notifying about alerts added to (or resolved in) a group.
+    group_interval: str = "5m"
+    # Re-send a still-firing critical alert this often (on-call must not lose it).
+    critical_repeat_interval: str = "1h"
+    # Re-send a still-firing warning this often.
+    warning_repeat_interval: str = "4h"
+
+    @property
+    def runbook_base_url(self) -> str:
+        """The URL of docs/runbooks.md; an alert's runbook_url adds "#<anchor>"."""
+        return self.docs_base_url + "docs/runbooks.md"
+
+    def runbook_url(self, anchor: str) -> str:
+        return f"{self.runbook_base_url}#{anchor}"
+
+    def dashboard_url(self, uid: str) -> str:
+        return f"{self.grafana_url.rstrip('/')}/d/{uid}"
 
 
 CONFIG = MonitoringConfig()

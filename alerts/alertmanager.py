@@ -1,0 +1,148 @@
+"""Alertmanager's configuration and Slack template, built from MonitoringConfig.
+
+critical pages #tree-stamping-oncall, warning goes to #tree-stamping-alerts, info goes nowhere,
+Watchdog goes to a heartbeat webhook. The Slack webhook URL is read from a file that deployment
+mounts (``slack_api_url_file``), so no secret ever lives in the repository.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alerts.config import MonitoringConfig
+
+ONCALL_RECEIVER = "slack-oncall"
+ALERTS_RECEIVER = "slack-alerts"
+HEARTBEAT_RECEIVER = "heartbeat"
+NULL_RECEIVER = "null"
+
+# Alerts of one name and one stage (or service) make one Slack message; partitions and topics of
+# the same problem are listed in it rather than paging once each.
+GROUP_BY = ("alertname", "stage", "service")
+
+# What a Kafka outage makes fire on its own: lag grows, throughput drops, the exporter's
+# Kafka-backed collectors fail and the SLI's counters go stale.
+KAFKA_CONSEQUENCES = (
+    "HighConsumerLag", "ConsumerLagTooOld", "ConsumerGroupStalled", "ConsumerGroupNoMembers",
+    "LowThroughput", "StageSLIMissing",
+)
+KAFKA_BACKED_COLLECTORS = "kafka_.*|pipeline|dlq"
+
+SLACK_TEMPLATE = r"""
+{{/* Title: status and count, severity, alert, and the stage or service it is about. */}}
+{{ define "treewatch.slack.title" -}}
+[{{ .Status | toUpper }}{{ if eq .Status "firing" }}:{{ .Alerts.Firing | len }}{{ end }}]
+{{- if .CommonLabels.severity }} {{ .CommonLabels.severity | toUpper }}{{ end }} {{ .CommonLabels.alertname }}
+{{- if .CommonLabels.stage }} · stage {{ .CommonLabels.stage }}{{ end }}
+{{- if .CommonLabels.service }} · service {{ .CommonLabels.service }}{{ end }}
+{{- end }}
+
+{{/* Text: one line per alert, its description carrying the value; resolved ones say so. */}}
+{{ define "treewatch.slack.text" -}}
+{{ range .Alerts.Firing -}}
+• {{ if .Labels.severity }}*{{ .Labels.severity }}* {{ end }}{{ .Annotations.description }}
+{{ end -}}
+{{ range .Alerts.Resolved -}}
+• resolved: {{ .Annotations.description }}
+{{ end -}}
+{{- end }}
+
+{{ define "treewatch.slack.color" -}}
+{{ if eq .Status "resolved" }}good
+{{- else if eq .CommonLabels.severity "critical" }}danger
+{{- else }}warning{{ end }}
+{{- end }}
+
+{{ define "treewatch.slack.runbook_url" }}{{ (index .Alerts 0).Annotations.runbook_url }}{{ end }}
+{{ define "treewatch.slack.dashboard_url" }}{{ (index .Alerts 0).Annotations.dashboard_url }}{{ end }}
+{{ define "treewatch.slack.query_url" }}{{ (index .Alerts 0).GeneratorURL }}{{ end }}
+
+{{/* A new silence prefilled with the group's labels, so it covers exactly this message. */}}
+{{ define "treewatch.slack.silence_url" -}}
+{{ $matchers := "" -}}
+{{ range .GroupLabels.SortedPairs -}}
+{{ if $matchers }}{{ $matchers = printf "%s," $matchers }}{{ end -}}
+{{ $matchers = printf "%s%s=%q" $matchers .Name .Value -}}
+{{ end -}}
+{{ .ExternalURL }}/#/silences/new?filter={{ printf "{%s}" $matchers | urlquery }}
+{{- end }}
+""".lstrip()
+
+
+def _template(name: str) -> str:
+    """A reference to one of SLACK_TEMPLATE's definitions."""
+    return '{{ template "treewatch.slack.' + name + '" . }}'
+
+
+def _slack(channel: str) -> dict[str, Any]:
+    return {
+        "channel": channel,
+        "send_resolved": True,
+        "title": _template("title"),
+        "title_link": _template("dashboard_url"),
+        "text": _template("text"),
+        "color": _template("color"),
+        "actions": [
+            {"type": "button", "text": text, "url": _template(name)}
+            for text, name in (("Runbook", "runbook_url"), ("Dashboard", "dashboard_url"),
+                               ("Silence", "silence_url"), ("Query", "query_url"))
+        ],
+    }
+
+
+def _heartbeat(config: MonitoringConfig) -> dict[str, Any]:
+    webhook: dict[str, Any] = {"url": config.heartbeat_url, "send_resolved": False}
+    if config.heartbeat_credentials_file is not None:
+        webhook["http_config"] = {"authorization": {"credentials_file": config.heartbeat_credentials_file}}
+    return webhook
+
+
+def inhibit_rules() -> list[dict[str, Any]]:
+    return [
+        # A page already says it; the warning of the same alert and stage would only repeat it.
+        {"source_matchers": ['severity="critical"'], "target_matchers": ['severity="warning"'],
+         "equal": ["alertname", "stage"]},
+        {"source_matchers": ['alertname="KafkaUnavailable"'],
+         "target_matchers": [f'alertname=~"{"|".join(KAFKA_CONSEQUENCES)}"']},
+        {"source_matchers": ['alertname="KafkaUnavailable"'],
+         "target_matchers": ['alertname=~"TreewatchCollectorFailing|TreewatchDataStale"',
+                             f'collector=~"{KAFKA_BACKED_COLLECTORS}"']},
+        # A stalled group also has lag; the stall is the cause to act on.
+        {"source_matchers": ['alertname="ConsumerGroupStalled"'],
+         "target_matchers": ['alertname=~"HighConsumerLag|ConsumerLagTooOld"'], "equal": ["group", "topic"]},
+        {"source_matchers": ['alertname="DLQOverflow"'], "target_matchers": ['alertname="DLQNewRecords"'],
+         "equal": ["topic"]},
+        {"source_matchers": ['alertname=~"TreewatchExporterDown|TreewatchExporterMissing"'],
+         "target_matchers": ['alertname="StageSLIMissing"']},
+    ]
+
+
+def alertmanager_config(config: MonitoringConfig) -> dict[str, Any]:
+    return {
+        "global": {"resolve_timeout": "5m", "slack_api_url_file": config.slack_api_url_file},
+        "templates": list(config.alertmanager_templates),
+        "route": {
+            # Unknown severities land in the alerts channel rather than nowhere.
+            "receiver": ALERTS_RECEIVER,
+            "group_by": list(GROUP_BY),
+            "group_wait": config.group_wait,
+            "group_interval": config.group_interval,
+            "repeat_interval": config.warning_repeat_interval,
+            "routes": [
+                {"matchers": ['alertname="Watchdog"'], "receiver": HEARTBEAT_RECEIVER,
+                 "group_wait": "0s", "group_interval": config.heartbeat_repeat_interval,
+                 "repeat_interval": config.heartbeat_repeat_interval},
+                {"matchers": ['severity="critical"'], "receiver": ONCALL_RECEIVER,
+                 "repeat_interval": config.critical_repeat_interval},
+                {"matchers": ['severity="warning"'], "receiver": ALERTS_RECEIVER},
+                {"matchers": ['severity="info"'], "receiver": NULL_RECEIVER},
+            ],
+        },
+        "inhibit_rules": inhibit_rules(),
+        "receivers": [
+            {"name": ONCALL_RECEIVER, "slack_configs": [_slack(config.slack_oncall_channel)]},
+            {"name": ALERTS_RECEIVER, "slack_configs": [_slack(config.slack_alerts_channel)]},
+            {"name": HEARTBEAT_RECEIVER, "webhook_configs": [_heartbeat(config)]},
+            {"name": NULL_RECEIVER},
+        ],
+    }

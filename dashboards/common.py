@@ -1,0 +1,282 @@
+"""Building blocks every treewatch dashboard shares: the datasource variable, panels that always
+carry a datasource, a unit and a description, thresholds taken from the monitoring config, runbook
+links, and a layout that places panels on Grafana's 24-column grid without overlaps."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from grafanalib import core as g
+
+from alerts.config import CONFIG, GROUPS_DLQ_DASHBOARD_UID, OVERVIEW_DASHBOARD_UID
+
+# Panels and targets name the datasource through the variable, never by name, so one JSON file
+# works against whichever Prometheus the variable selects; the provisioned one has uid "prometheus".
+DATASOURCE_UID = "prometheus"
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+
+# Grafana 9 (schema 37) already understands datasource references by uid and timeseries panels,
+# so it loads these files without migrating them.
+SCHEMA_VERSION = 37
+
+# Fixed, because the alert rules' dashboard_url links to them.
+OVERVIEW_UID = OVERVIEW_DASHBOARD_UID
+GROUPS_DLQ_UID = GROUPS_DLQ_DASHBOARD_UID
+
+# What Grafana substitutes for a multi-value variable set to "All": a regex every value matches.
+ALL_VALUE = ".*"
+
+# The window of DLQOverflow, as named by CONFIG.dlq_overflow_records_5m.
+DLQ_OVERFLOW_WINDOW = "5m"
+
+GREEN, ORANGE, RED = "green", "orange", "red"
+
+GRID_WIDTH = 24
+
+# None leaves it to Grafana (about one point per pixel); grafanalib's default of 100 would coarsen a
+# 3 h graph to one point per 108 s.
+MAX_DATA_POINTS = None
+
+
+def runbook_anchor(alert: str) -> str:
+    """The runbook section of an alert: GitHub's anchor of its "## <AlertName>" heading, as the alert
+    rules' runbook_url has it."""
+    return alert.lower()
+
+
+def runbooks(*alerts: str) -> list[g.DataLink]:
+    """Panel links to the runbook sections of the alerts a panel shows the cause of."""
+    return [g.DataLink(title=f"Runbook: {alert}", linkUrl=CONFIG.runbook_url(runbook_anchor(alert)),
+                       isNewTab=True) for alert in alerts]
+
+
+def sel(metric: str, matchers: str = "") -> str:
+    """``metric`` restricted to the treewatch exporter's series (the selector the alert rules use),
+    so a Prometheus that also scrapes another Kafka exporter never mixes its series in."""
+    extra = f", {matchers}" if matchers else ""
+    return f"{metric}{{{CONFIG.exporter_selector}{extra}}}"
+
+
+def dlq_records_written(stage_matchers: str = "") -> str:
+    """Records written to each stage's dead letter queue topic in DLQ_OVERFLOW_WINDOW: the growth of
+    the topic's high watermarks, given the stage of the DLQ series on the same topic. This is what
+    the DLQOverflow rule compares with its threshold."""
+    offsets = sel("kafka_topic_partition_current_offset", CONFIG.dlq_topic_selector)
+    stages = sel("tree_dlq_retained_records", stage_matchers)
+    return (f"sum by (stage, topic) (\n  increase({offsets}[{DLQ_OVERFLOW_WINDOW}])\n"
+            f"  * on (topic) group_left (stage)\n  group by (topic, stage) ({stages})\n)")
+
+
+def datasource_variable() -> g.Template:
+    return g.Template(
+        name="datasource",
+        label="Data source",
+        type="datasource",
+        query="prometheus",
+        default=DATASOURCE_UID,
+        regex="",
+    )
+
+
+def query_variable(name: str, label: str, metric: str, *, matchers: str = "") -> g.Template:
+    """A multi-select variable over the values ``metric`` carries for label ``name``."""
+    variable = g.Template(
+        name=name,
+        label=label,
+        query=f"label_values({sel(metric, matchers)}, {name})",
+        dataSource=DATASOURCE,
+        includeAll=True,
+        multi=True,
+        allValue=ALL_VALUE,
+        refresh=g.REFRESH_ON_TIME_RANGE_CHANGE,
+        regex="",
+    )
+    # grafanalib writes a default as a single value; a multi-value variable opens on "All" as a list.
+    variable._current = {"selected": True, "text": ["All"], "value": ["$__all"]}
+    return variable
+
+
+def target(expr: str, legend: str = "", *, ref_id: str = "A", instant: bool = False,
+           table: bool = False) -> g.Target:
+    return g.Target(
+        expr=expr,
+        legendFormat=legend,
+        refId=ref_id,
+        instant=instant,
+        format=g.TABLE_TARGET_FORMAT if table else g.TIME_SERIES_TARGET_FORMAT,
+        intervalFactor=1,
+        datasource=DATASOURCE,
+    )
+
+
+def steps(base: str, *levels: tuple[float, str]) -> list[dict]:
+    """Threshold steps: ``base`` below the first level, then each (value, color) upwards."""
+    return [{"color": base, "value": None}, *({"color": color, "value": value} for value, color in levels)]
+
+
+def above(value: float, color: str = RED) -> list[dict]:
+    """Fine below ``value``, bad at and above it."""
+    return steps(GREEN, (value, color))
+
+
+def below(value: float, color: str = RED) -> list[dict]:
+    """Bad below ``value``, fine at and above it."""
+    return steps(color, (value, GREEN))
+
+
+def value_mappings(*items: tuple[int, str, str]) -> list[g.StatValueMappings]:
+    """(value, text, color) for numbers that encode a state."""
+    return [g.StatValueMappings(*(g.StatValueMappingItem(text, str(value), color, index)
+                                  for index, (value, text, color) in enumerate(items)))]
+
+
+def one_hot_code(metric: str, label: str, states: Sequence[str], by: str, matchers: str = "") -> str:
+    """Turn a one-hot state metric into one number per ``by``: the 1-based position of the state
+    whose series is 1, or 0 when none is; value mappings turn the number back into the state."""
+    extra = f", {matchers}" if matchers else ""
+    terms = []
+    for code, state in enumerate(states, start=1):
+        selector = sel(metric, f'{label}="{state}"{extra}')
+        terms.append(f"{code} * sum by ({by}) ({selector})")
+    return "\n + ".join(terms)
+
+
+def timeseries(title: str, description: str, queries: list[g.Target], *, unit: str,
+               thresholds: list[dict] | None = None, links: Sequence[g.DataLink] = (),
+               stacked: bool = False, bars: bool = False, min_zero: bool = True) -> g.TimeSeries:
+    return g.TimeSeries(
+        title=title,
+        description=description,
+        dataSource=DATASOURCE,
+        targets=queries,
+        maxDataPoints=MAX_DATA_POINTS,
+        unit=unit,
+        thresholds=thresholds or steps(GREEN),
+        thresholdsStyleMode="line" if thresholds else "off",
+        links=list(links),
+        stacking={"mode": "normal", "group": "A"} if stacked else {},
+        drawStyle="bars" if bars else "line",
+        fillOpacity=60 if bars else 10,
+        legendDisplayMode="table",
+        legendCalcs=["lastNotNull", "max"],
+        tooltipMode="multi",
+        tooltipSort="desc",
+        valueMin=0 if min_zero else None,
+    )
+
+
+def stat(title: str, description: str, queries: list[g.Target], *, unit: str,
+         thresholds: list[dict] | None = None, mappings: list | None = None,
+         links: Sequence[g.DataLink] = (), text_mode: str = "value_and_name",
+         no_value: str = "no data") -> g.Stat:
+    return g.Stat(
+        title=title,
+        description=description,
+        dataSource=DATASOURCE,
+        targets=queries,
+        maxDataPoints=MAX_DATA_POINTS,
+        format=unit,
+        thresholds=thresholds or steps(GREEN),
+        color={"mode": "thresholds"},
+        colorMode="background",
+        graphMode="none",
+        reduceCalc="lastNotNull",
+        textMode=text_mode,
+        mappings=mappings or [],
+        noValue=no_value,
+        links=list(links),
+    )
+
+
+def state_timeline(title: str, description: str, queries: list[g.Target], *, mappings: list,
+                   links: Sequence[g.DataLink] = ()) -> g.StateTimeline:
+    return g.StateTimeline(
+        title=title,
+        description=description,
+        dataSource=DATASOURCE,
+        targets=queries,
+        maxDataPoints=MAX_DATA_POINTS,
+        mappings=mappings,
+        links=list(links),
+        # grafanalib's StateTimeline has no unit field; the state is an enumeration, so "none".
+        extraJson={"fieldConfig": {"defaults": {"unit": "none"}}},
+    )
+
+
+def table(title: str, description: str, queries: list[g.Target], *, unit: str,
+          thresholds: list[dict] | None = None, hidden_columns: Sequence[str] = ("Time",),
+          sort_by: str | None = None, links: Sequence[g.DataLink] = ()) -> g.Table:
+    transformations = [{"id": "organize", "options": {"excludeByName": dict.fromkeys(hidden_columns, True)}}]
+    return g.Table(
+        title=title,
+        description=description,
+        dataSource=DATASOURCE,
+        targets=queries,
+        maxDataPoints=MAX_DATA_POINTS,
+        unit=unit,
+        thresholds=thresholds or steps(GREEN),
+        displayMode="color-text" if thresholds else "auto",
+        transformations=transformations,
+        sortBy=[g.TableSortByField(displayName=sort_by, desc=True)] if sort_by else [],
+        links=list(links),
+    )
+
+
+class Layout:
+    """Places panels left to right in rows of Grafana's 24-column grid, starting a new line when a
+    panel does not fit, so the JSON never holds two panels on the same cells."""
+
+    def __init__(self) -> None:
+        self.panels: list[g.Panel] = []
+        self._x = 0
+        self._y = 0
+        self._line_height = 0
+
+    def row(self, title: str) -> None:
+        self._newline()
+        self.panels.append(g.RowPanel(title=title, gridPos=g.GridPos(h=1, w=GRID_WIDTH, x=0, y=self._y)))
+        self._y += 1
+
+    def add(self, panel: g.Panel, *, w: int, h: int = 8) -> None:
+        if not 0 < w <= GRID_WIDTH:
+            raise ValueError(f"panel {panel.title!r}: width {w} is outside 1..{GRID_WIDTH}")
+        if self._x + w > GRID_WIDTH:
+            self._newline()
+        panel.gridPos = g.GridPos(h=h, w=w, x=self._x, y=self._y)
+        self.panels.append(panel)
+        self._x += w
+        self._line_height = max(self._line_height, h)
+
+    def _newline(self) -> None:
+        self._y += self._line_height
+        self._x = 0
+        self._line_height = 0
+
+
+def dashboard(*, uid: str, title: str, description: str, layout: Layout,
+              variables: Sequence[g.Template], links: Sequence[g.DashboardLink]) -> g.Dashboard:
+    return g.Dashboard(
+        uid=uid,
+        title=title,
+        description=description,
+        tags=["treewatch", "tree-stamping"],
+        timezone="browser",
+        refresh="30s",
+        time=g.Time("now-3h", "now"),
+        schemaVersion=SCHEMA_VERSION,
+        graphTooltip=g.GRAPH_TOOLTIP_MODE_SHARED_CROSSHAIR,
+        templating=g.Templating([datasource_variable(), *variables]),
+        links=list(links),
+        panels=layout.panels,
+    ).auto_panel_ids()
+
+
+def dashboard_link(title: str, uid: str) -> g.DashboardLink:
+    """A link that keeps the time range and the variables shared by both dashboards."""
+    return g.DashboardLink(title=title, type="link", uri=f"/d/{uid}", keepTime=True, includeVars=True,
+                           icon="dashboard")
+
+
+def runbook_dashboard_link() -> g.DashboardLink:
+    return g.DashboardLink(title="Runbooks", type="link", uri=CONFIG.runbook_base_url, keepTime=False,
+                           icon="doc", targetBlank=True)

@@ -1,0 +1,161 @@
+"""Tree Stamping: Consumer groups and DLQ — the drill-down behind the overview: per-partition lag and
+commit progress for the chosen groups and topics, and the chosen stages' dead letter queues.
+
+Consumer group series carry group/topic/partition and no stage; pipeline and DLQ series carry
+stage. So $group and $topic filter the group and topic panels, and $stage the DLQ panels."""
+
+from __future__ import annotations
+
+from grafanalib import core as g
+
+from alerts.config import CONFIG
+from dashboards import common as c
+from dashboards.common import GREEN, ORANGE, RED
+from exporter.metrics import GROUP_STATES
+
+GROUP = 'group=~"$group"'
+GROUP_TOPIC = 'group=~"$group", topic=~"$topic"'
+TOPIC = 'topic=~"$topic"'
+STAGE = 'stage=~"$stage"'
+PARTITION_LEGEND = "{{group}} {{topic}} [{{partition}}]"
+
+
+def group_state_mappings() -> list:
+    colors = {"Stable": GREEN, "PreparingRebalance": ORANGE, "CompletingRebalance": ORANGE,
+              "Empty": ORANGE, "Dead": RED, "Unknown": "purple"}
+    states = ((code, state, colors[state]) for code, state in enumerate(GROUP_STATES, start=1))
+    return c.value_mappings((0, "not reported", "text"), *states)
+
+
+def consumer_groups(layout: c.Layout) -> None:
+    layout.row("Consumer groups: $group")
+    lag = c.sel("kafka_consumer_group_lag", GROUP_TOPIC)
+    layout.add(c.timeseries(
+        "Lag per partition",
+        "Records each group has not consumed yet, per partition; HighConsumerLag fires above the line.",
+        [c.target(lag, PARTITION_LEGEND)], unit="short", thresholds=c.above(CONFIG.consumer_lag_records),
+        links=c.runbooks("HighConsumerLag")), w=12, h=9)
+    layout.add(c.timeseries(
+        "Lag in seconds per partition",
+        "Age of the oldest record each group has not consumed yet, per partition (0 without lag); "
+        "ConsumerLagTooOld fires above the line.",
+        [c.target(c.sel("kafka_consumer_group_lag_seconds", GROUP_TOPIC), PARTITION_LEGEND)], unit="s",
+        thresholds=c.above(CONFIG.consumer_lag_max_age_seconds), links=c.runbooks("ConsumerLagTooOld")),
+        w=12, h=9)
+    committed = c.sel("kafka_consumer_group_committed_offset", GROUP_TOPIC)
+    layout.add(c.timeseries(
+        "Committed offset progress",
+        "Records per second each group commits, per partition. Flat at 0 while the partition has lag: "
+        "the consumer is stalled; low but moving: it is slow. Negative after an offset reset.",
+        [c.target(f"deriv({committed}[$__rate_interval])", PARTITION_LEGEND)], unit="cps", min_zero=False,
+        links=c.runbooks("ConsumerGroupStalled")), w=12)
+    changed = c.sel("kafka_consumer_group_committed_offset_change_timestamp_seconds", GROUP_TOPIC)
+    stalled_for = f"time() - {changed}\nand on (group, topic, partition)\n{lag} > 0"
+    layout.add(c.table(
+        "Partitions with lag: time since the committed offset moved",
+        "Partitions that have lag, with the time since their committed offset last moved. Red rows are "
+        "stalled (ConsumerGroupStalled fires); the others are consuming, maybe slowly.",
+        [c.target(stalled_for, instant=True, table=True)], unit="s",
+        thresholds=c.above(CONFIG.consumer_stalled_seconds), hidden_columns=("Time", "__name__", "job"),
+        sort_by="Value", links=c.runbooks("ConsumerGroupStalled")), w=12)
+    state = c.one_hot_code("kafka_consumer_group_state", "state", GROUP_STATES, by="group", matchers=GROUP)
+    layout.add(c.state_timeline(
+        "Group state",
+        "Each group's state as Kafka reports it: Stable is consuming; PreparingRebalance and "
+        "CompletingRebalance are rebalancing; Empty has no members; Dead is gone.",
+        [c.target(state, "{{group}}")], mappings=group_state_mappings(),
+        links=c.runbooks("ConsumerGroupNoMembers")), w=12, h=6)
+    layout.add(c.timeseries(
+        "Group members",
+        "Members in each group; a group without members consumes nothing (ConsumerGroupNoMembers fires "
+        "when records wait for it).",
+        [c.target(c.sel("kafka_consumer_group_members", GROUP), "{{group}}")], unit="short",
+        thresholds=c.below(1), links=c.runbooks("ConsumerGroupNoMembers")), w=6, h=6)
+    uncommitted = c.sel("kafka_consumer_group_uncommitted_partitions", GROUP_TOPIC)
+    layout.add(c.stat(
+        "Partitions without a committed offset",
+        "Partitions the group consumes or is assigned with no committed offset yet; they are not counted "
+        "as lag.",
+        [c.target(uncommitted, "{{group}} {{topic}}")], unit="short", thresholds=c.above(1, ORANGE)),
+        w=6, h=6)
+
+
+def topics(layout: c.Layout) -> None:
+    layout.row("Topics: $topic")
+    current = c.sel("kafka_topic_partition_current_offset", TOPIC)
+    oldest = c.sel("kafka_topic_partition_oldest_offset", TOPIC)
+    layout.add(c.timeseries(
+        "Records written per second",
+        "How fast producers write to each selected topic (growth of its high watermarks); compare with "
+        "the groups' commit progress above.",
+        [c.target(f"sum by (topic) (deriv({current}[$__rate_interval]))", "{{topic}}")], unit="cps",
+        min_zero=False), w=12)
+    layout.add(c.timeseries(
+        "Retained records",
+        "Records each selected topic still retains (high watermark minus log start, over its partitions).",
+        [c.target(f"sum by (topic) ({current} - {oldest})", "{{topic}}")], unit="short"), w=12)
+
+
+def dead_letters(layout: c.Layout) -> None:
+    layout.row("Dead letter queues: $stage")
+    layout.add(c.timeseries(
+        "DLQ depth", "Records retained in each selected stage's dead letter queue.",
+        [c.target(c.sel("tree_dlq_retained_records", STAGE), "{{stage}} ({{topic}})")], unit="short",
+        links=c.runbooks("DLQNewRecords")), w=8)
+    oldest = c.sel("tree_dlq_oldest_record_timestamp_seconds", STAGE)
+    layout.add(c.timeseries(
+        "Oldest DLQ record age",
+        "How long the oldest retained dead letter has waited for someone to handle it; no line while the "
+        "queue is empty. DLQRecordsUnhandled fires above the line.",
+        [c.target(f"time() - {oldest}", "{{stage}}")], unit="s",
+        thresholds=c.above(CONFIG.dlq_oldest_record_max_age_seconds),
+        links=c.runbooks("DLQRecordsUnhandled")), w=8)
+    window = c.DLQ_OVERFLOW_WINDOW
+    layout.add(c.timeseries(
+        f"New DLQ records in {window}",
+        f"Records written to each selected stage's dead letter queue in the last {window}, as DLQOverflow "
+        "counts them; it fires above the line.",
+        [c.target(c.dlq_records_written(STAGE), "{{stage}}")], unit="short",
+        thresholds=c.above(CONFIG.dlq_overflow_records_5m), links=c.runbooks("DLQOverflow")), w=8)
+    records = c.sel("tree_dlq_records_total", STAGE)
+    layout.add(c.timeseries(
+        "Error types over time", "Dead letters per second by stage and error_type.",
+        [c.target(f"sum by (stage, error_type) (rate({records}[$__rate_interval]))",
+                  "{{stage}} {{error_type}}")],
+        unit="cps", stacked=True, bars=True, links=c.runbooks("DLQNewRecords")), w=16)
+    layout.add(c.table(
+        "Error types in the selected range",
+        "Dead letters per stage and error_type over the whole selected time range, most frequent first: "
+        "the guide's 'group by error type'.",
+        [c.target(f"sum by (stage, error_type) (increase({records}[$__range]))", instant=True, table=True)],
+        unit="short", sort_by="Value", links=c.runbooks("DLQNewRecords")), w=8)
+    layout.add(c.timeseries(
+        "Events in flight", "Requests of each selected stage not yet completed or failed.",
+        [c.target(c.sel("tree_events_in_flight", STAGE), "{{stage}}")], unit="short"), w=12)
+    failed = c.sel("tree_events_processed_total", f'status="failed", {STAGE}')
+    layout.add(c.timeseries(
+        "Failed per second",
+        "Events per second read from each selected stage's failed topic; the ones no retry saves end up "
+        "in the dead letter queue.",
+        [c.target(f"sum by (stage) (rate({failed}[$__rate_interval]))", "{{stage}}")], unit="reqps",
+        links=c.runbooks("HighErrorRate")), w=12)
+
+
+def build() -> g.Dashboard:
+    layout = c.Layout()
+    consumer_groups(layout)
+    topics(layout)
+    dead_letters(layout)
+    return c.dashboard(
+        uid=c.GROUPS_DLQ_UID,
+        title="Tree Stamping: Consumer groups and DLQ",
+        description="Drill-down per consumer group, topic and stage: lag per partition, commit progress, "
+        "stalled partitions, group state and members, DLQ depth, age and error types.",
+        layout=layout,
+        variables=[
+            c.query_variable("stage", "Stage", "tree_events_in_flight"),
+            c.query_variable("group", "Consumer group", "kafka_consumer_group_lag"),
+            c.query_variable("topic", "Topic", "kafka_consumer_group_lag", matchers=GROUP),
+        ],
+        links=[c.dashboard_link("Overview", c.OVERVIEW_UID), c.runbook_dashboard_link()],
+    )

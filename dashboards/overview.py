@@ -1,0 +1,240 @@
+"""Tree Stamping: Overview — the first screen on call: services, Kafka, the three stages, consumer
+lag, dead letter queues and the exporter's own health, with the alert thresholds drawn in.
+
+Each threshold panel computes what its alert computes (same aggregation, same window where the
+alert has a fixed one), so a line crossed on the panel is an alert firing."""
+
+from __future__ import annotations
+
+from grafanalib import core as g
+
+from alerts.config import CONFIG
+from dashboards import common as c
+from dashboards.common import GREEN, ORANGE, RED
+from exporter.metrics import SERVICE_STATES
+
+PROCESSED = c.sel("tree_events_processed_total")
+FAILED = c.sel("tree_events_processed_total", 'status="failed"')
+PROCESSED_RATE = f"rate({PROCESSED}[$__rate_interval])"
+FAILED_RATE = f"rate({FAILED}[$__rate_interval])"
+# The share of events the SLO lets fail, e.g. 0.001 for 99.9 %; rounded so 1 - 0.999 prints as 0.001.
+SLO_ERROR_BUDGET = round(1 - CONFIG.slo_objective, 12)
+
+
+def service_status_mappings() -> list:
+    colors = {"healthy": GREEN, "degraded": ORANGE, "unhealthy": RED, "unknown": "purple"}
+    states = ((code, state, colors[state]) for code, state in enumerate(SERVICE_STATES, start=1))
+    return c.value_mappings((0, "no status", "text"), *states)
+
+
+def services(layout: c.Layout) -> None:
+    layout.row("Services")
+    status = c.one_hot_code("tree_service_status", "status", SERVICE_STATES, by="service")
+    status_runbooks = c.runbooks("TreeServiceDown", "TreeServiceDegraded")
+    layout.add(c.stat(
+        "Service status",
+        "What each service's GET /health reported on the last probe; 'unknown' means the probe failed "
+        "(see 'Failing health probes' for why).",
+        [c.target(status, "{{service}}")], unit="none", mappings=service_status_mappings(),
+        links=status_runbooks), w=8, h=6)
+    layout.add(c.state_timeline(
+        "Service status over time", "The status each service reported over the selected time range.",
+        [c.target(status, "{{service}}")], mappings=service_status_mappings(), links=status_runbooks),
+        w=16, h=6)
+    layout.add(c.table(
+        "Failing health probes",
+        "Services whose last health probe failed, with the reason: timeout, connection refused, HTTP "
+        "error, body not JSON, no status field... Empty while every probe answers.",
+        [c.target(c.sel("tree_service_probe_failure") + " == 1", instant=True, table=True)], unit="none",
+        hidden_columns=("Time", "Value", "__name__", "job"), links=c.runbooks("TreeServiceDown")), w=8)
+    layout.add(c.stat(
+        "HTTP status of the last probe",
+        "The HTTP status each health endpoint answered; 0 when nothing answered. Services report "
+        "'unhealthy' with a 5xx and a JSON body.",
+        [c.target(c.sel("tree_service_probe_http_status_code"), "{{service}}")], unit="none",
+        thresholds=c.steps(RED, (200, GREEN), (300, ORANGE), (500, RED)),
+        links=c.runbooks("TreeServiceDown")), w=8)
+    layout.add(c.timeseries(
+        "Health probe duration", "How long each service took to answer its health probe.",
+        [c.target(c.sel("tree_service_probe_duration_seconds"), "{{service}}")], unit="s",
+        links=c.runbooks("TreeServiceDown")), w=8)
+
+
+def kafka(layout: c.Layout) -> None:
+    layout.row("Kafka cluster")
+    healthy = c.value_mappings((0, "Unhealthy", RED), (1, "Healthy", GREEN))
+    known = c.value_mappings((0, "None", RED), (1, "Known", GREEN))
+    layout.add(c.stat(
+        "Cluster health",
+        "Healthy when no broker is down, no partition lacks a leader and a controller is known: what "
+        "'rpk cluster health' calls healthy.",
+        [c.target(c.sel("kafka_cluster_healthy"), "cluster")], unit="none", mappings=healthy,
+        thresholds=c.below(1), text_mode="value", links=c.runbooks("KafkaUnavailable")), w=4, h=4)
+    layout.add(c.stat(
+        "Live brokers", "Brokers the cluster reports as live.",
+        [c.target(c.sel("kafka_brokers"), "brokers")], unit="short", text_mode="value",
+        links=c.runbooks("KafkaBrokersDown")), w=4, h=4)
+    layout.add(c.stat(
+        "Brokers down", "Brokers that host replicas but are not live ('rpk cluster health' nodes down).",
+        [c.target(c.sel("kafka_cluster_brokers_down"), "down")], unit="short", thresholds=c.above(1),
+        text_mode="value", links=c.runbooks("KafkaBrokersDown")), w=4, h=4)
+    layout.add(c.stat(
+        "Controller", "Whether the cluster reports an active controller.",
+        [c.target(c.sel("kafka_cluster_controller_known"), "controller")], unit="none", mappings=known,
+        thresholds=c.below(1), text_mode="value", links=c.runbooks("KafkaUnavailable")), w=4, h=4)
+    layout.add(c.stat(
+        "Leaderless partitions", "Partitions without a leader, over every topic the exporter watches.",
+        [c.target(f"sum({c.sel('kafka_topic_leaderless_partitions')})", "leaderless")], unit="short",
+        thresholds=c.above(1), text_mode="value", links=c.runbooks("KafkaLeaderlessPartitions")), w=4, h=4)
+    under_replicated = c.sel("kafka_topic_under_replicated_partitions")
+    layout.add(c.stat(
+        "Under-replicated partitions",
+        "Partitions whose in-sync replicas are fewer than their replicas, over every topic the exporter "
+        "watches.",
+        [c.target(f"sum({under_replicated})", "under-replicated")], unit="short",
+        thresholds=c.above(1, ORANGE), text_mode="value",
+        links=c.runbooks("KafkaUnderReplicatedPartitions")), w=4, h=4)
+
+
+def stages(layout: c.Layout) -> None:
+    layout.row("Pipeline stages")
+    requested = c.sel("tree_events_requested_total")
+    layout.add(c.timeseries(
+        "Requests per stage", "Requests written to each stage's request topic, per second.",
+        [c.target(f"sum by (stage) (rate({requested}[$__rate_interval]))", "{{stage}}")], unit="reqps"), w=8)
+    layout.add(c.timeseries(
+        "Processed per stage",
+        "Events that finished each stage (completed or failed), per second. Below the line "
+        "(1,000 files a minute) LowThroughput fires, but only while records wait for the stage.",
+        [c.target(f"sum by (stage) ({PROCESSED_RATE})", "{{stage}}")], unit="reqps",
+        thresholds=c.below(CONFIG.low_throughput_events_per_second), links=c.runbooks("LowThroughput")), w=8)
+    layout.add(c.timeseries(
+        "Completed and failed per stage",
+        "Events per second read from each stage's completed and failed topics.",
+        [c.target(f"sum by (stage, status) ({PROCESSED_RATE})", "{{stage}} {{status}}")], unit="reqps"), w=8)
+    error_ratio = f"sum by (stage) ({FAILED_RATE})\n/\n(sum by (stage) ({PROCESSED_RATE}) > 0)"
+    layout.add(c.timeseries(
+        "Error ratio per stage",
+        f"Failed / processed events. Orange above the SLO's allowed error ratio ({SLO_ERROR_BUDGET:.1%}), "
+        f"red above HighErrorRate's threshold ({CONFIG.error_ratio:.0%}). No line while a stage processes "
+        "nothing.",
+        [c.target(error_ratio, "{{stage}}")], unit="percentunit",
+        thresholds=c.steps(GREEN, (SLO_ERROR_BUDGET, ORANGE), (CONFIG.error_ratio, RED)),
+        links=c.runbooks("HighErrorRate", "StageErrorBudgetBurn")), w=8)
+    window = CONFIG.slo_window
+    failed = f"sum by (stage) (increase({FAILED}[{window}]))"
+    processed = f"sum by (stage) (increase({PROCESSED}[{window}]))"
+    layout.add(c.stat(
+        f"Error budget left ({window})",
+        f"Share of the error budget still unspent over the last {window}: the SLO lets "
+        f"{SLO_ERROR_BUDGET:.1%} of a stage's events fail ({CONFIG.slo_objective:.1%} must complete). "
+        "Below 0 the SLO is missed.",
+        [c.target(f"1 - ({failed}\n/\n({processed} > 0)) / {SLO_ERROR_BUDGET}", "{{stage}}")],
+        unit="percentunit", thresholds=c.steps(RED, (0, ORANGE), (0.25, GREEN)),
+        links=c.runbooks("StageErrorBudgetBurn", "StageSLIMissing")), w=8)
+    layout.add(c.timeseries(
+        "Events in flight per stage",
+        "Requests of each stage not yet completed or failed (requested minus processed).",
+        [c.target(f"sum by (stage) ({c.sel('tree_events_in_flight')})", "{{stage}}")], unit="short"), w=8)
+
+
+def consumer_lag(layout: c.Layout) -> None:
+    layout.row("Consumer lag")
+    lag = c.sel("kafka_consumer_group_lag")
+    layout.add(c.timeseries(
+        "Consumer lag, worst partition per group",
+        "Records each group has not consumed yet, on its most lagging partition: HighConsumerLag fires per "
+        "partition above the line. Per partition on 'Tree Stamping: Consumer groups and DLQ'.",
+        [c.target(f"max by (group) ({lag})", "{{group}}")], unit="short",
+        thresholds=c.above(CONFIG.consumer_lag_records), links=c.runbooks("HighConsumerLag")), w=8)
+    lag_seconds = c.sel("kafka_consumer_group_lag_seconds")
+    layout.add(c.timeseries(
+        "Consumer lag in seconds per group",
+        "Age of the oldest record each group has not consumed yet, on its most lagging partition; "
+        "ConsumerLagTooOld fires above the line.",
+        [c.target(f"max by (group) ({lag_seconds})", "{{group}}")], unit="s",
+        thresholds=c.above(CONFIG.consumer_lag_max_age_seconds), links=c.runbooks("ConsumerLagTooOld")), w=8)
+    layout.add(c.stat(
+        "Consumer group members",
+        "Members in each consumer group; a group without members consumes nothing "
+        "(ConsumerGroupNoMembers fires when records wait for it).",
+        [c.target(c.sel("kafka_consumer_group_members"), "{{group}}")], unit="short", thresholds=c.below(1),
+        links=c.runbooks("ConsumerGroupNoMembers")), w=8)
+
+
+def dead_letters(layout: c.Layout) -> None:
+    layout.row("Dead letter queues")
+    layout.add(c.timeseries(
+        "DLQ depth per stage", "Records retained in each stage's dead letter queue.",
+        [c.target(f"sum by (stage) ({c.sel('tree_dlq_retained_records')})", "{{stage}}")], unit="short",
+        links=c.runbooks("DLQNewRecords", "DLQRecordsUnhandled")), w=8)
+    window = c.DLQ_OVERFLOW_WINDOW
+    layout.add(c.timeseries(
+        f"New DLQ records in {window}",
+        f"Records written to each stage's dead letter queue topic in the last {window} (growth of its high "
+        "watermark), as DLQOverflow counts them; it fires above the line.",
+        [c.target(c.dlq_records_written(), "{{stage}}")], unit="short",
+        thresholds=c.above(CONFIG.dlq_overflow_records_5m), links=c.runbooks("DLQOverflow")), w=8)
+    records = c.sel("tree_dlq_records_total")
+    layout.add(c.timeseries(
+        "New DLQ records by error type",
+        "Dead letters per second by stage and error_type (FILE_NOT_FOUND, INTELLIGENCE_SERVICE_ERROR, "
+        "ENCODING_ERROR...; 'unparseable' when a record is not a JSON object).",
+        [c.target(f"sum by (stage, error_type) (rate({records}[$__rate_interval]))",
+                  "{{stage}} {{error_type}}")],
+        unit="cps", stacked=True, bars=True, links=c.runbooks("DLQNewRecords")), w=8)
+
+
+def exporter_health(layout: c.Layout) -> None:
+    layout.row("treewatch exporter")
+    failing = c.runbooks("TreewatchCollectorFailing")
+    layout.add(c.stat(
+        "Collectors", "Whether each of the exporter's collectors succeeded on its last run.",
+        [c.target(c.sel("treewatch_collector_success"), "{{collector}}")], unit="none",
+        mappings=c.value_mappings((0, "failing", RED), (1, "ok", GREEN)), thresholds=c.below(1),
+        links=failing), w=8)
+    last_success = c.sel("treewatch_collector_last_success_timestamp_seconds")
+    layout.add(c.timeseries(
+        "Data age per collector",
+        "Seconds since each collector last succeeded: the age of the data the exporter serves. "
+        "TreewatchDataStale fires above the line.",
+        [c.target(f"time() - {last_success}", "{{collector}}")], unit="s",
+        thresholds=c.above(CONFIG.data_stale_seconds), links=c.runbooks("TreewatchDataStale")), w=8)
+    layout.add(c.timeseries(
+        "Collector run time", "How long each collector's last run took.",
+        [c.target(c.sel("treewatch_collector_duration_seconds"), "{{collector}}")], unit="s",
+        links=failing), w=8)
+    errors = c.sel("treewatch_collector_errors_total")
+    layout.add(c.stat(
+        "Failed collector runs in range", "Collector runs that failed during the selected time range.",
+        [c.target(f"sum by (collector) (increase({errors}[$__range]))", "{{collector}}")], unit="short",
+        thresholds=c.above(1, ORANGE), links=failing), w=8)
+    layout.add(c.stat(
+        "Series dropped by max_series",
+        "Series each collector left out of its last run because of the max_series cap; raise the cap or "
+        "narrow the topic filters.",
+        [c.target(c.sel("treewatch_series_dropped"), "{{collector}}")], unit="short",
+        thresholds=c.above(1, ORANGE)), w=8)
+    layout.add(c.table(
+        "Exporter build", "Which treewatch, Python and librdkafka each exporter runs.",
+        [c.target(c.sel("treewatch_build_info"), instant=True, table=True)], unit="none",
+        hidden_columns=("Time", "Value", "__name__", "job")), w=8)
+
+
+def build() -> g.Dashboard:
+    layout = c.Layout()
+    services(layout)
+    kafka(layout)
+    stages(layout)
+    consumer_lag(layout)
+    dead_letters(layout)
+    exporter_health(layout)
+    return c.dashboard(
+        uid=c.OVERVIEW_UID,
+        title="Tree Stamping: Overview",
+        description="The tree stamping pipeline at a glance: services, Kafka, stages, consumer lag, DLQs and "
+        "the treewatch exporter. Threshold lines are the alert thresholds.",
+        layout=layout,
+        variables=[],
+        links=[c.dashboard_link("Consumer groups and DLQ", c.GROUPS_DLQ_UID), c.runbook_dashboard_link()],
+    )

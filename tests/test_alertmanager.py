@@ -1,0 +1,374 @@
+"""The generated Alertmanager configuration and Slack template: valid for amtool, routing every
+severity and the Watchdog to the right receiver, rendering the message on-call sees, and, through
+a real Alertmanager on loopback, delivering firing and resolved messages to a local Slack sink."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote_plus
+
+import httpx
+import pytest
+import yaml
+
+from alerts import generate
+from alerts.alertmanager import ALERTS_RECEIVER, HEARTBEAT_RECEIVER, NULL_RECEIVER, ONCALL_RECEIVER
+from alerts.config import CONFIG, OVERVIEW_DASHBOARD_UID
+from devkafka import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+GENERATED = ROOT / "alerts" / "generated"
+AMTOOL = "/usr/bin/amtool"
+ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
+DEADLINE_SECONDS = 30.0
+
+
+def _amtool(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([AMTOOL, *args], capture_output=True, text=True, timeout=60)
+
+
+def _await(condition: Callable[[], Any], what: str, timeout: float = DEADLINE_SECONDS) -> Any:
+    """Poll until condition() returns something truthy; fail naming what never happened."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+# -- the static checks ----------------------------------------------------------------------------
+
+
+def test_amtool_check_config() -> None:
+    result = _amtool("check-config", str(GENERATED / generate.ALERTMANAGER_FILE))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_no_webhook_url_in_the_repository() -> None:
+    config = yaml.safe_load((GENERATED / generate.ALERTMANAGER_FILE).read_text())
+    assert config["global"]["slack_api_url_file"] == CONFIG.slack_api_url_file
+    text = (GENERATED / generate.ALERTMANAGER_FILE).read_text()
+    assert "hooks.slack.com" not in text and "api_url:" not in text
+    slack_configs = [c for r in config["receivers"] for c in r.get("slack_configs", [])]
+    assert slack_configs and all(c["send_resolved"] is True for c in slack_configs)
+
+
+@pytest.mark.parametrize(("labels", "receiver"), [
+    ({"alertname": "HighErrorRate", "severity": "critical", "stage": "stamp"}, ONCALL_RECEIVER),
+    ({"alertname": "HighConsumerLag", "severity": "warning", "stage": "index"}, ALERTS_RECEIVER),
+    ({"alertname": "SomethingInformative", "severity": "info"}, NULL_RECEIVER),
+    ({"alertname": "Watchdog", "severity": "info"}, HEARTBEAT_RECEIVER),
+    # A severity nobody expected is not dropped.
+    ({"alertname": "Odd", "severity": "page-me-maybe"}, ALERTS_RECEIVER),
+], ids=["critical", "warning", "info", "watchdog", "unknown-severity"])
+def test_amtool_routes(labels: dict[str, str], receiver: str) -> None:
+    result = _amtool(
+        "config", "routes", "test", f"--config.file={GENERATED / generate.ALERTMANAGER_FILE}",
+        f"--verify.receivers={receiver}", *(f"{name}={value}" for name, value in labels.items()),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == receiver
+
+
+def _template_data(status: str, alerts: list[dict[str, Any]]) -> dict[str, Any]:
+    common = {k: v for k, v in alerts[0]["labels"].items() if all(a["labels"].get(k) == v for a in alerts)}
+    return {
+        "receiver": ONCALL_RECEIVER, "status": status, "externalURL": "http://alertmanager.example:9093",
+        "groupLabels": {k: common[k] for k in ("alertname", "stage") if k in common},
+        "commonLabels": common, "commonAnnotations": {},
+        "alerts": alerts,
+    }
+
+
+def _sample_alert(partition: str, description: str, status: str = "firing") -> dict[str, Any]:
+    return {
+        "status": status,
+        "labels": {"alertname": "HighConsumerLag", "severity": "warning", "stage": "stamp",
+                   "group": "stamping-generator-group", "partition": partition},
+        "annotations": {"summary": "High consumer lag detected", "description": description,
+                        "runbook_url": CONFIG.runbook_url("highconsumerlag"),
+                        "dashboard_url": CONFIG.dashboard_url(OVERVIEW_DASHBOARD_UID)},
+        "startsAt": "2026-01-01T00:00:00Z",
+        "endsAt": "0001-01-01T00:00:00Z" if status == "firing" else "2026-01-01T00:10:00Z",
+        "generatorURL": "http://prometheus.example:9090/graph?g0.expr=kafka_consumer_group_lag",
+        "fingerprint": f"f{partition}",
+    }
+
+
+@pytest.fixture
+def render(tmp_path: Path) -> Callable[[dict[str, Any], str], str]:
+    def render_template(data: dict[str, Any], name: str) -> str:
+        data_file = tmp_path / "data.json"
+        data_file.write_text(json.dumps(data))
+        result = _amtool(
+            "template", "render", f"--template.glob={GENERATED / generate.SLACK_TEMPLATE_FILE}",
+            f"--template.data={data_file}", f'--template.text={{{{ template "treewatch.slack.{name}" . }}}}',
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+    return render_template
+
+
+def test_amtool_renders_a_firing_message(render: Callable[[dict[str, Any], str], str]) -> None:
+    data = _template_data("firing", [
+        _sample_alert("0", "Consumer group stamping-generator-group (stage stamp) has lag of 20k records."),
+        _sample_alert("1", "Consumer group stamping-generator-group (stage stamp) has lag of 15k records."),
+    ])
+    assert render(data, "title").strip() == "[FIRING:2] WARNING HighConsumerLag · stage stamp"
+    text = render(data, "text")
+    assert "• *warning* Consumer group stamping-generator-group (stage stamp) has lag of 20k records." in text
+    assert "has lag of 15k records." in text
+    assert render(data, "color").strip() == "warning"
+    assert render(data, "runbook_url").strip() == CONFIG.runbook_url("highconsumerlag")
+    assert render(data, "dashboard_url").strip() == CONFIG.dashboard_url(OVERVIEW_DASHBOARD_UID)
+    assert render(data, "query_url").strip() == data["alerts"][0]["generatorURL"]
+    silence_filter = quote_plus('{alertname="HighConsumerLag",stage="stamp"}')
+    assert render(data, "silence_url").strip() == (
+        f"http://alertmanager.example:9093/#/silences/new?filter={silence_filter}"
+    )
+
+
+def test_amtool_renders_a_resolved_message(render: Callable[[dict[str, Any], str], str]) -> None:
+    data = _template_data("resolved", [_sample_alert("0", "Lag was 20k records.", status="resolved")])
+    assert render(data, "title").strip() == "[RESOLVED] WARNING HighConsumerLag · stage stamp"
+    assert "resolved: Lag was 20k records." in render(data, "text")
+    assert render(data, "color").strip() == "good"
+
+
+# -- a real Alertmanager posting to a local Slack sink --------------------------------------------
+
+
+@dataclass(frozen=True)
+class Received:
+    path: str
+    body: dict[str, Any]
+
+
+class WebhookSink:
+    """Slack's (and the heartbeat's) stand-in: records every JSON POST and answers "ok"."""
+
+    def __init__(self) -> None:
+        self._received: list[Received] = []
+        self._lock = threading.Lock()
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with sink._lock:
+                    sink._received.append(Received(self.path, json.loads(body)))
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def url(self, path: str) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}{path}"
+
+    def received(self) -> list[Received]:
+        with self._lock:
+            return list(self._received)
+
+    def await_message(
+        self, path: str, matches: Callable[[dict[str, Any]], bool], what: str
+    ) -> dict[str, Any]:
+        return _await(
+            lambda: next((r.body for r in self.received() if r.path == path and matches(r.body)), None), what
+        )
+
+    def __enter__(self) -> WebhookSink:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(timeout=10)
+
+
+@dataclass(frozen=True)
+class RunningAlertmanager:
+    url: str
+    sink: WebhookSink
+    log: Path
+
+    def post(self, alerts: list[dict[str, Any]]) -> None:
+        response = httpx.post(f"{self.url}/api/v2/alerts", json=alerts, timeout=10)
+        assert response.status_code == 200, response.text
+
+    def alerts(self, *matchers: str) -> list[dict[str, Any]]:
+        response = httpx.get(f"{self.url}/api/v2/alerts", params=[("filter", m) for m in matchers],
+                             timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def groups(self, *matchers: str) -> list[dict[str, Any]]:
+        response = httpx.get(f"{self.url}/api/v2/alerts/groups", params=[("filter", m) for m in matchers],
+                             timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+
+@pytest.fixture(scope="module")
+def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningAlertmanager]:
+    directory = tmp_path_factory.mktemp("alertmanager")
+    with WebhookSink() as sink:
+        # Written the way a mounted secret usually is, trailing newline included.
+        (directory / "slack-api-url").write_text(sink.url("/slack") + "\n")
+        config = replace(
+            CONFIG,
+            slack_api_url_file=str(directory / "slack-api-url"),
+            heartbeat_url=sink.url("/heartbeat"),
+            # Short waits for this test only; the generated file keeps the real ones.
+            group_wait="1s", group_interval="1s",
+        )
+        generate.write(directory, config)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        log = directory / "alertmanager.log"
+        with log.open("w") as log_file:
+            process = subprocess.Popen(
+                [ALERTMANAGER, f"--config.file={directory / generate.ALERTMANAGER_FILE}",
+                 f"--storage.path={directory / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
+                 "--cluster.listen-address=", f"--web.external-url={url}"],
+                stdout=log_file, stderr=subprocess.STDOUT,
+            )
+        try:
+            def ready() -> bool:
+                if process.poll() is not None:
+                    raise AssertionError(f"Alertmanager exited with {process.returncode}:\n{log.read_text()}")
+                try:
+                    return httpx.get(f"{url}/-/ready", timeout=1).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            _await(ready, "Alertmanager to become ready")
+            yield RunningAlertmanager(url, sink, log)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _alert(
+    alertname: str, severity: str, *, ends_at: datetime | None = None, **labels: str
+) -> dict[str, Any]:
+    alert: dict[str, Any] = {
+        "labels": {"alertname": alertname, "severity": severity, **labels},
+        "annotations": {
+            "summary": f"{alertname} summary",
+            "description": f"{alertname} for {labels} is at 42%.",
+            "runbook_url": CONFIG.runbook_url(alertname.lower()),
+            "dashboard_url": CONFIG.dashboard_url(OVERVIEW_DASHBOARD_UID),
+        },
+        "startsAt": (datetime.now(UTC) - timedelta(minutes=1)).isoformat(),
+        "generatorURL": f"http://prometheus.example:9090/graph?g0.expr={alertname}",
+    }
+    if ends_at is not None:
+        alert["endsAt"] = ends_at.isoformat()
+    return alert
+
+
+def _attachment(message: dict[str, Any]) -> dict[str, Any]:
+    return message["attachments"][0]
+
+
+def test_critical_pages_oncall_and_resolves(alertmanager: RunningAlertmanager, unique: str) -> None:
+    stage = f"stamp-{unique}"
+    firing = _alert("HighErrorRate", "critical", stage=stage)
+    alertmanager.post([firing])
+
+    message = alertmanager.sink.await_message(
+        "/slack", lambda m: stage in _attachment(m)["title"], "the firing message in Slack")
+    assert message["channel"] == CONFIG.slack_oncall_channel
+    attachment = _attachment(message)
+    assert attachment["title"] == f"[FIRING:1] CRITICAL HighErrorRate · stage {stage}"
+    assert firing["annotations"]["description"] in attachment["text"]
+    assert attachment["color"] == "danger"
+    buttons = {action["text"]: action["url"] for action in attachment["actions"]}
+    assert buttons["Runbook"] == CONFIG.runbook_url("higherrorrate")
+    assert buttons["Dashboard"] == CONFIG.dashboard_url(OVERVIEW_DASHBOARD_UID)
+    assert buttons["Query"] == firing["generatorURL"]
+    assert buttons["Silence"].startswith(f"{alertmanager.url}/#/silences/new?filter=")
+    assert quote_plus(f'stage="{stage}"') in buttons["Silence"]
+
+    alertmanager.post([{**firing, "endsAt": datetime.now(UTC).isoformat()}])
+    resolved = alertmanager.sink.await_message(
+        "/slack", lambda m: _attachment(m)["title"] == f"[RESOLVED] CRITICAL HighErrorRate · stage {stage}",
+        "the resolved message in Slack")
+    assert resolved["channel"] == CONFIG.slack_oncall_channel
+    assert _attachment(resolved)["color"] == "good"
+    assert {a["text"]: a["url"] for a in _attachment(resolved)["actions"]}["Runbook"] == buttons["Runbook"]
+
+
+def test_warning_goes_to_the_alerts_channel(alertmanager: RunningAlertmanager, unique: str) -> None:
+    stage = f"discover-{unique}"
+    alertmanager.post([_alert("DLQNewRecords", "warning", stage=stage, topic="t.dlq")])
+    message = alertmanager.sink.await_message(
+        "/slack", lambda m: stage in _attachment(m)["title"], "the warning in Slack")
+    assert message["channel"] == CONFIG.slack_alerts_channel
+    assert _attachment(message)["title"] == f"[FIRING:1] WARNING DLQNewRecords · stage {stage}"
+    resolve = _alert("DLQNewRecords", "warning", stage=stage, topic="t.dlq", ends_at=datetime.now(UTC))
+    alertmanager.post([resolve])
+
+
+def test_watchdog_reaches_the_heartbeat_and_info_goes_nowhere(
+    alertmanager: RunningAlertmanager, unique: str
+) -> None:
+    alertmanager.post([_alert("Watchdog", "info"), _alert("InfoOnly", "info", stage=unique)])
+    heartbeat = alertmanager.sink.await_message(
+        "/heartbeat", lambda m: m["commonLabels"].get("alertname") == "Watchdog", "the Watchdog heartbeat")
+    assert heartbeat["receiver"] == HEARTBEAT_RECEIVER
+    groups = _await(lambda: alertmanager.groups(f'stage="{unique}"'), "the info alert's group")
+    assert [group["receiver"]["name"] for group in groups] == [NULL_RECEIVER]
+
+
+def test_inhibitions(alertmanager: RunningAlertmanager, unique: str) -> None:
+    burning, other = f"stamp-{unique}", f"index-{unique}"
+    kafka_down = _alert("KafkaUnavailable", "critical", collector="kafka_cluster")
+    alertmanager.post([
+        kafka_down,
+        _alert("HighConsumerLag", "warning", stage=burning, group="g", topic="t", partition="0"),
+        _alert("StageErrorBudgetBurn", "critical", stage=burning, burn="fast"),
+        _alert("StageErrorBudgetBurn", "warning", stage=burning, burn="slow"),
+        _alert("StageErrorBudgetBurn", "warning", stage=other, burn="slow"),
+    ])
+
+    def state(*matchers: str) -> str | None:
+        found = alertmanager.alerts(*matchers)
+        if not found:
+            return None
+        status = found[0]["status"]
+        # "suppressed" could also mean silenced; only an inhibition counts here.
+        return "inhibited" if status["inhibitedBy"] else status["state"]
+
+    # Kafka unavailable mutes the lag it causes; a fast burn mutes the slow burn of its own stage only.
+    _await(lambda: state('alertname="HighConsumerLag"', f'stage="{burning}"') == "inhibited",
+           "KafkaUnavailable to inhibit HighConsumerLag")
+    slow_burn = ('alertname="StageErrorBudgetBurn"', 'burn="slow"')
+    _await(lambda: state(*slow_burn, f'stage="{burning}"') == "inhibited",
+           "the fast burn to inhibit the slow burn of the same stage")
+    assert state('alertname="StageErrorBudgetBurn"', 'burn="fast"', f'stage="{burning}"') == "active"
+    assert state(*slow_burn, f'stage="{other}"') == "active"
+    alertmanager.post([{**kafka_down, "endsAt": datetime.now(UTC).isoformat()}])

@@ -1,0 +1,568 @@
+"""The generated Grafana dashboards: their structure, the metrics they name, and every query run
+against a real Prometheus (Debian's 2.42) holding two hours of the exporter's metric families.
+
+The data is built deterministically from exporter.metrics: every family with every label
+combination the default pipeline has (three stages, their groups and topics, four services,
+every collector), counters increasing, gauges varying, and a few incidents on purpose (a service
+whose probe fails, a stalled partition, an empty group) so the panels that show problems have
+something to show. promtool turns it into TSDB blocks and one Prometheus serves the whole module.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import subprocess
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from alerts.config import CONFIG
+from dashboards import common, generate
+from devkafka import free_port
+from exporter import metrics
+from exporter.metrics import Collector, Kind, MetricDef
+from pipeline.config import parse_config
+
+REPO = Path(__file__).resolve().parents[1]
+PROVISIONING = REPO / "deploy" / "grafana" / "provisioning"
+
+DASHBOARDS: dict[str, dict] = {name: json.loads(text) for name, text in generate.rendered().items()}
+EXPECTED = {
+    "tree-stamping-overview.json": ("tree-stamping-overview", "Tree Stamping: Overview"),
+    "tree-stamping-groups-dlq.json": ("tree-stamping-groups-dlq", "Tree Stamping: Consumer groups and DLQ"),
+}
+
+# What Grafana puts in place of its own variables, for a 3h dashboard scraped every 15 s.
+BUILTINS = {"__rate_interval": "1m", "__interval": "15s", "__range": "1h",
+            "datasource": common.DATASOURCE_UID}
+
+
+# -- reading the dashboards -----------------------------------------------------------------------
+
+def all_panels(dashboard: dict) -> Iterator[dict]:
+    for panel in dashboard["panels"]:
+        yield panel
+        yield from panel.get("panels", [])
+
+
+def data_panels(dashboard: dict) -> list[dict]:
+    return [panel for panel in all_panels(dashboard) if panel["type"] != "row"]
+
+
+@dataclass(frozen=True)
+class Query:
+    dashboard: str
+    panel: str
+    ref_id: str
+    expr: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.dashboard.removesuffix('.json')}:{self.panel}:{self.ref_id}"
+
+
+QUERIES = [Query(name, panel["title"], target["refId"], target["expr"])
+           for name, dashboard in DASHBOARDS.items() for panel in data_panels(dashboard)
+           for target in panel["targets"]]
+
+VARIABLE_REFERENCE = re.compile(r"\$(?:\{(\w+)(?::\w+)?\}|(\w+))")
+
+
+def referenced_variables(text: str) -> set[str]:
+    return {braced or plain for braced, plain in VARIABLE_REFERENCE.findall(text)}
+
+
+def query_variables(dashboard: dict) -> list[dict]:
+    return [variable for variable in dashboard["templating"]["list"] if variable["type"] == "query"]
+
+
+LABEL_VALUES = re.compile(r"^label_values\((?P<selector>.+),\s*(?P<label>\w+)\)$", re.DOTALL)
+
+PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless",
+                   "bool", "offset", "inf", "nan"}
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression selects: identifiers that are not functions, keywords,
+    label names in matchers or grouping clauses, durations, numbers or variables."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    text = re.sub(r"\{[^}]*\}", "", text)
+    text = re.sub(r"\[[^\]]*\]", "", text)
+    text = re.sub(r"\boffset\s+-?\w+", "", text)
+    text = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", text)
+    text = VARIABLE_REFERENCE.sub("", text)
+    text = re.sub(r"(?<![\w:])\d+(?:\.\d+)?(?:[eE][+-]?\d+)?", "", text)
+    names = set()
+    for match in re.finditer(r"[A-Za-z_:][\w:]*", text):
+        if match.group().lower() in PROMQL_KEYWORDS or re.match(r"\s*\(", text[match.end():]):
+            continue
+        names.add(match.group())
+    return names
+
+
+# -- structure --------------------------------------------------------------------------------------
+
+def test_generated_files_are_committed_and_up_to_date():
+    for name, text in generate.rendered().items():
+        path = generate.GENERATED_DIR / name
+        assert path.exists(), f"{path} is missing: run `make generate`"
+        assert path.read_text(encoding="utf-8") == text, f"{path} is out of date: run `make generate`"
+
+
+@pytest.mark.parametrize("name", sorted(DASHBOARDS))
+def test_dashboard_identity_and_links(name):
+    dashboard = DASHBOARDS[name]
+    assert (dashboard["uid"], dashboard["title"]) == EXPECTED[name]
+    assert "do not edit" in dashboard["description"]
+    other = {uid for uid, _ in EXPECTED.values()} - {dashboard["uid"]}
+    urls = {link["url"] for link in dashboard["links"]}
+    assert {f"/d/{uid}" for uid in other} <= urls, "each dashboard links to the other"
+    assert CONFIG.runbook_base_url in urls
+
+
+@pytest.mark.parametrize("name", sorted(DASHBOARDS))
+def test_panel_ids_are_unique(name):
+    ids = [panel["id"] for panel in all_panels(DASHBOARDS[name])]
+    assert all(isinstance(panel_id, int) for panel_id in ids)
+    assert len(ids) == len(set(ids))
+
+
+@pytest.mark.parametrize("name", sorted(DASHBOARDS))
+def test_panels_do_not_overlap_on_the_grid(name):
+    boxes = [(panel["title"], panel["gridPos"]) for panel in all_panels(DASHBOARDS[name])]
+    for title, pos in boxes:
+        assert pos["x"] >= 0 and pos["y"] >= 0 and pos["w"] > 0 and pos["h"] > 0, title
+        assert pos["x"] + pos["w"] <= common.GRID_WIDTH, f"{title} sticks out of the grid"
+    for index, (title, a) in enumerate(boxes):
+        for other, b in boxes[index + 1:]:
+            apart = (a["x"] + a["w"] <= b["x"] or b["x"] + b["w"] <= a["x"]
+                     or a["y"] + a["h"] <= b["y"] or b["y"] + b["h"] <= a["y"])
+            assert apart, f"{title!r} overlaps {other!r}"
+
+
+@pytest.mark.parametrize("name", sorted(DASHBOARDS))
+def test_every_panel_has_datasource_unit_description_and_queries(name):
+    for panel in data_panels(DASHBOARDS[name]):
+        title = panel["title"]
+        assert panel["datasource"] == common.DATASOURCE, title
+        assert panel["fieldConfig"]["defaults"].get("unit"), f"{title} has no unit"
+        assert panel["description"] and len(panel["description"]) > 20, f"{title} has no description"
+        assert panel["targets"], f"{title} has no query"
+        for target in panel["targets"]:
+            assert target["datasource"] == common.DATASOURCE, title
+            assert target["expr"].strip(), title
+
+
+@pytest.mark.parametrize("name", sorted(DASHBOARDS))
+def test_datasource_is_a_variable_referenced_by_uid(name):
+    variables = {variable["name"]: variable for variable in DASHBOARDS[name]["templating"]["list"]}
+    datasource = variables["datasource"]
+    assert (datasource["type"], datasource["query"]) == ("datasource", "prometheus")
+    assert datasource["current"]["value"] == common.DATASOURCE_UID
+    assert common.DATASOURCE == {"type": "prometheus", "uid": "${datasource}"}
+    for variable in query_variables(DASHBOARDS[name]):
+        assert variable["datasource"] == common.DATASOURCE, variable["name"]
+
+
+@pytest.mark.parametrize("name", sorted(DASHBOARDS))
+def test_every_variable_reference_resolves(name):
+    dashboard = DASHBOARDS[name]
+    defined = {variable["name"] for variable in dashboard["templating"]["list"]} | set(BUILTINS)
+    texts = [json.dumps(panel) for panel in all_panels(dashboard)]
+    texts += [variable["query"] for variable in query_variables(dashboard)]
+    used = set().union(*(referenced_variables(text) for text in texts))
+    assert used - defined == set(), "undefined variables"
+    # A chained variable may only use the ones defined before it (Grafana resolves them in order).
+    seen = {"datasource"}
+    for variable in query_variables(dashboard):
+        assert referenced_variables(variable["query"]) <= seen, variable["name"]
+        seen.add(variable["name"])
+
+
+def test_rates_use_rate_interval():
+    for query in QUERIES:
+        for function, window in re.findall(r"\b(rate|irate|deriv)\((?:[^()\[]|\([^()]*\))*\[([^\]]+)\]",
+                                           query.expr):
+            assert window == "$__rate_interval", f"{query.id}: {function}() over {window}"
+
+
+def test_every_metric_is_one_the_exporter_defines():
+    exprs = [(query.id, query.expr) for query in QUERIES]
+    for name, dashboard in DASHBOARDS.items():
+        for variable in query_variables(dashboard):
+            match = LABEL_VALUES.match(variable["query"])
+            assert match, f"{name} ${variable['name']}: not a label_values() query"
+            exprs.append((f"{name} ${variable['name']}", match["selector"]))
+    for where, expr in exprs:
+        names = metric_names(expr)
+        assert names, f"{where}: no metric found in {expr!r}"
+        unknown = names - metrics.names()
+        assert not unknown, f"{where}: not defined in exporter/metrics.py: {unknown}"
+
+
+def test_metric_name_extraction():
+    expr = ('1 - (sum by (stage) (increase(tree_events_processed_total{job="x", status="failed"}[30d]))\n'
+            '/ (sum by (stage) (rate(tree_events_requested_total[$__rate_interval])) > 0)) / 1e-3\n'
+            'and on (group) kafka_consumer_group_lag offset 5m')
+    assert metric_names(expr) == {"tree_events_processed_total", "tree_events_requested_total",
+                                  "kafka_consumer_group_lag"}
+
+
+def test_thresholds_come_from_the_monitoring_config():
+    steps = [step["value"] for dashboard in DASHBOARDS.values() for panel in data_panels(dashboard)
+             for step in panel["fieldConfig"]["defaults"]["thresholds"]["steps"]]
+    for field in ("consumer_lag_records", "dlq_overflow_records_5m", "low_throughput_events_per_second",
+                  "error_ratio", "consumer_lag_max_age_seconds", "consumer_stalled_seconds",
+                  "dlq_oldest_record_max_age_seconds", "data_stale_seconds"):
+        assert getattr(CONFIG, field) in steps, f"no panel draws CONFIG.{field}"
+    assert round(1 - CONFIG.slo_objective, 12) in steps
+
+
+def test_panels_link_to_runbook_sections():
+    links = [link["url"] for dashboard in DASHBOARDS.values() for panel in data_panels(dashboard)
+             for link in panel["links"]]
+    assert links
+    for url in links:
+        assert url.startswith(CONFIG.runbook_base_url + "#"), url
+
+
+def github_anchor(heading: str) -> str:
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_runbook_links_point_at_existing_sections():
+    runbook = (REPO / "docs" / "runbooks.md").read_text(encoding="utf-8")
+    anchors = {github_anchor(line.lstrip("#")) for line in runbook.splitlines() if line.startswith("#")}
+    for dashboard in DASHBOARDS.values():
+        for panel in data_panels(dashboard):
+            for link in panel["links"]:
+                anchor = link["url"].partition("#")[2]
+                assert anchor in anchors, f"{panel['title']}: docs/runbooks.md has no section #{anchor}"
+
+
+def test_grafana_provisioning_matches_the_dashboards():
+    datasources = yaml.safe_load((PROVISIONING / "datasources" / "prometheus.yml").read_text())
+    (datasource,) = datasources["datasources"]
+    assert (datasource["uid"], datasource["type"], datasource["url"]) == (
+        common.DATASOURCE_UID, "prometheus", "http://prometheus:9090")
+    providers = yaml.safe_load((PROVISIONING / "dashboards" / "treewatch.yml").read_text())
+    (provider,) = providers["providers"]
+    assert provider["type"] == "file"
+    assert provider["options"]["path"].startswith("/")
+
+
+# -- a real Prometheus -----------------------------------------------------------------------------
+
+PIPELINE = parse_config({}, "<defaults>", environ={})
+PARTITIONS = ("0", "1", "2")
+ERROR_TYPES = ("FILE_NOT_FOUND", "INTELLIGENCE_SERVICE_ERROR", "ENCODING_ERROR", "unparseable")
+STEP_SECONDS = 15
+HISTORY_SECONDS = 2 * 3600
+SCRAPE_LABELS = {"job": "treewatch", "instance": "treewatch:9847"}
+
+# The incidents the data holds: one service's probe fails, one is degraded, one group is empty and
+# has a stalled partition.
+FAILING_SERVICE, DEGRADED_SERVICE = "bridge", "metadata-stamping"
+EMPTY_GROUP = PIPELINE.stage("index").group
+STALLED = (EMPTY_GROUP, PIPELINE.stage("index").request_topic, "0")
+
+LabelSet = dict[str, str]
+
+
+def _label_sets() -> dict[tuple[str, ...], list[LabelSet]]:
+    stages = PIPELINE.stages
+    topics = [topic for stage in stages for topic in stage.topics.values()]
+    services = [service.name for service in PIPELINE.services]
+    return {
+        ("group", "topic", "partition"): [{"group": s.group, "topic": s.request_topic, "partition": p}
+                                          for s in stages for p in PARTITIONS],
+        ("group", "topic"): [{"group": s.group, "topic": s.request_topic} for s in stages],
+        ("group", "state"): [{"group": s.group, "state": state} for s in stages
+                             for state in metrics.GROUP_STATES],
+        ("group",): [{"group": s.group} for s in stages],
+        ("topic", "partition"): [{"topic": topic, "partition": p} for topic in topics for p in PARTITIONS],
+        ("topic",): [{"topic": topic} for topic in topics],
+        (): [{}],
+        ("stage", "status"): [{"stage": s.name, "status": status} for s in stages
+                              for status in metrics.PROCESSED_STATUSES],
+        ("stage",): [{"stage": s.name} for s in stages],
+        ("stage", "topic"): [{"stage": s.name, "topic": s.dlq_topic} for s in stages],
+        ("stage", "error_type"): [{"stage": s.name, "error_type": e} for s in stages for e in ERROR_TYPES],
+        ("service",): [{"service": name} for name in services],
+        ("service", "status"): [{"service": name, "status": status} for name in services
+                                for status in metrics.SERVICE_STATES],
+        ("service", "reason"): [{"service": name, "reason": reason} for name in services
+                                for reason in metrics.PROBE_FAILURE_REASONS],
+        ("collector",): [{"collector": collector.value} for collector in Collector],
+        ("version", "python_version", "librdkafka_version"): [
+            {"version": "0.1.0", "python_version": "3.11.7", "librdkafka_version": "2.6.0"}],
+    }
+
+
+LABEL_SETS = _label_sets()
+
+
+def _weight(labels: LabelSet) -> float:
+    """A stable number in [0.5, 1.5) per label set, so series differ but every run is the same."""
+    return 0.5 + zlib.crc32(json.dumps(labels, sort_keys=True).encode()) % 1000 / 1000
+
+
+def _wave(labels: LabelSet, t: float, period: float = 1800) -> float:
+    """Between 0 and 1, a different phase per label set."""
+    return 0.5 + 0.5 * math.sin(2 * math.pi * t / period + 10 * _weight(labels))
+
+
+def _counter(metric: MetricDef, labels: LabelSet, t: float) -> float:
+    rate = {"tree_events_requested_total": 25.0, "tree_events_processed_total": 24.0,
+            "tree_dlq_records_total": 0.02, "treewatch_collector_errors_total": 0.002}[metric.name]
+    if labels.get("status") == "failed":
+        rate *= 0.06 if labels["stage"] == "stamp" else 0.0005
+    rate *= _weight(labels)
+    # Increasing always: the wave's slope never outweighs the base rate.
+    return math.floor(rate * t + rate * 60 * (1 - math.cos(t / 600)))
+
+
+def _lag(labels: LabelSet, t: float) -> float:
+    if (labels["group"], labels["topic"], labels["partition"]) == STALLED:
+        return 200 + 2 * t
+    return math.floor(20_000 * _wave(labels, t) * _weight(labels))
+
+
+def _gauge(metric: MetricDef, labels: LabelSet, t: float, start: int) -> float:
+    now = start + t
+    service = labels.get("service")
+    failing = service == FAILING_SERVICE
+    match metric.name:
+        case "kafka_consumer_group_lag":
+            return _lag(labels, t)
+        case "kafka_consumer_group_lag_seconds":
+            return _lag(labels, t) / 30
+        case "kafka_consumer_group_committed_offset":
+            key = (labels["group"], labels["topic"], labels["partition"])
+            return 5_000 if key == STALLED else 5_000 + math.floor(25 * _weight(labels) * t)
+        case "kafka_consumer_group_committed_offset_change_timestamp_seconds":
+            key = (labels["group"], labels["topic"], labels["partition"])
+            return start - 600 if key == STALLED else now - 5
+        case "kafka_consumer_group_uncommitted_partitions":
+            return 1 if labels["group"] == EMPTY_GROUP else 0
+        case "kafka_consumer_group_state":
+            state = "Empty" if labels["group"] == EMPTY_GROUP else "Stable"
+            return 1 if labels["state"] == state else 0
+        case "kafka_consumer_group_members":
+            return 0 if labels["group"] == EMPTY_GROUP else 2
+        case "kafka_topic_partition_current_offset":
+            rate = 0.01 if labels["topic"].endswith(".dlq") else 25
+            return 10_000 + math.floor(rate * _weight(labels) * t)
+        case "kafka_topic_partition_oldest_offset":
+            return 1_000 if labels["topic"].endswith(".dlq") else 1_000 + math.floor(5 * _weight(labels) * t)
+        case "kafka_topic_partitions":
+            return len(PARTITIONS)
+        case "kafka_brokers":
+            return 3
+        case "kafka_cluster_brokers_down" | "kafka_topic_leaderless_partitions":
+            return 0
+        case "kafka_topic_under_replicated_partitions":
+            return 1 if labels["topic"] == PIPELINE.stage("stamp").request_topic and t > 3600 else 0
+        case "kafka_cluster_controller_known" | "kafka_cluster_healthy":
+            return 1
+        case "tree_events_in_flight":
+            return math.floor(500 * _wave(labels, t))
+        case "tree_dlq_retained_records":
+            return 10 + math.floor(t / 60 * _weight(labels))
+        case "tree_dlq_oldest_record_timestamp_seconds":
+            return start - 3600
+        case "tree_service_probe_success":
+            return 0 if failing else 1
+        case "tree_service_status":
+            status = "unknown" if failing else "degraded" if service == DEGRADED_SERVICE else "healthy"
+            return 1 if labels["status"] == status else 0
+        case "tree_service_probe_duration_seconds":
+            return 0.005 + 0.05 * _wave(labels, t)
+        case "tree_service_probe_http_status_code":
+            return 0 if failing else 200
+        case "tree_service_probe_failure":
+            return 1 if failing and labels["reason"] == "connection_refused" else 0
+        case "treewatch_collector_success" | "treewatch_build_info":
+            return 1
+        case "treewatch_collector_duration_seconds":
+            return 0.01 + 0.2 * _wave(labels, t)
+        case "treewatch_collector_last_success_timestamp_seconds":
+            return now - 3
+        case "treewatch_series_dropped":
+            return 0
+    raise AssertionError(f"{metric.name}: the test data has no values for this gauge; add them above")
+
+
+def _value(metric: MetricDef, labels: LabelSet, t: float, start: int) -> float:
+    return _counter(metric, labels, t) if metric.kind is Kind.COUNTER else _gauge(metric, labels, t, start)
+
+
+def _format_labels(labels: LabelSet) -> str:
+    pairs = {**labels, **SCRAPE_LABELS}
+    return ",".join(f'{key}="{value}"' for key, value in pairs.items())
+
+
+def write_openmetrics(path: Path, start: int) -> None:
+    """Every metric family of exporter.metrics, every label set, one sample per STEP_SECONDS."""
+    times = range(0, HISTORY_SECONDS + 1, STEP_SECONDS)
+    with path.open("w", encoding="utf-8") as out:
+        for metric in metrics.METRICS:
+            if metric.labels not in LABEL_SETS:
+                raise AssertionError(f"{metric.name}: no test label sets for labels {metric.labels}")
+            out.write(f"# TYPE {metric.family_name} {metric.kind.value}\n")
+            for labels in LABEL_SETS[metric.labels]:
+                series = f"{metric.name}{{{_format_labels(labels)}}}"
+                out.writelines(f"{series} {_value(metric, labels, t, start)} {start + t}\n" for t in times)
+        out.write("# EOF\n")
+
+
+def _binary(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed (Debian package 'prometheus'; see scripts/setup.sh)")
+    return path
+
+
+@dataclass
+class Prometheus:
+    url: str
+    time: int  # a query time inside the data, at its last sample
+
+    def get(self, path: str, **params) -> dict:
+        response = httpx.get(f"{self.url}{path}", params={**params, "time": self.time}, timeout=30)
+        body = response.json()
+        assert response.status_code == 200 and body["status"] == "success", body
+        return body
+
+
+@pytest.fixture(scope="module")
+def prometheus(tmp_path_factory) -> Iterator[Prometheus]:
+    workdir = tmp_path_factory.mktemp("prometheus")
+    end = int(time.time()) // 60 * 60 - 60
+    start = end - HISTORY_SECONDS
+    data = workdir / "data.om"
+    write_openmetrics(data, start)
+    storage = workdir / "tsdb"
+    created = subprocess.run([_binary("promtool"), "tsdb", "create-blocks-from", "openmetrics", str(data),
+                              str(storage)], capture_output=True, text=True, timeout=300)
+    assert created.returncode == 0, f"promtool failed:\n{created.stdout}\n{created.stderr}"
+    config = workdir / "prometheus.yml"
+    config.write_text("global:\n  scrape_interval: 15s\nscrape_configs: []\n")
+    port = free_port()
+    log = (workdir / "prometheus.log").open("w")
+    process = subprocess.Popen(
+        [_binary("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={storage}",
+         f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=30d"],
+        stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _await_ready(process, url, workdir / "prometheus.log")
+        yield Prometheus(url=url, time=end)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def _await_ready(process: subprocess.Popen, url: str, log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"prometheus exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"prometheus not ready after {timeout} s:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)  # polling readiness: Prometheus offers nothing to wait on
+
+
+def substitute(text: str, values: dict[str, str]) -> str:
+    def replace(match: re.Match) -> str:
+        name = match.group(1) or match.group(2)
+        if name not in values:
+            raise KeyError(f"${name} has no value to substitute in {text!r}")
+        return values[name]
+    return VARIABLE_REFERENCE.sub(replace, text)
+
+
+def regex_literal(value: str) -> str:
+    """A value as Grafana writes it into a regex matcher: regex-escaped, inside a PromQL string."""
+    escaped = re.sub(r"([\\.*+?^${}()|\[\]])", r"\\\1", value)
+    return escaped.replace("\\", "\\\\")
+
+
+@pytest.fixture(scope="module")
+def variable_values(prometheus) -> dict[str, dict[str, list[str]]]:
+    """dashboard -> variable -> values, resolved in order as Grafana does, each later variable with
+    the earlier ones set to their first value."""
+    resolved: dict[str, dict[str, list[str]]] = {}
+    for name, dashboard in DASHBOARDS.items():
+        first = dict(BUILTINS)
+        resolved[name] = {}
+        for variable in query_variables(dashboard):
+            match = LABEL_VALUES.match(variable["query"])
+            assert match, variable["query"]
+            selector = substitute(match["selector"], first)
+            body = prometheus.get("/api/v1/series", **{"match[]": selector, "start": prometheus.time - 3600,
+                                                       "end": prometheus.time})
+            values = sorted({series[match["label"]] for series in body["data"]})
+            resolved[name][variable["name"]] = values
+            if values:
+                first[variable["name"]] = regex_literal(values[0])
+    return resolved
+
+
+def test_every_variable_has_values(variable_values):
+    for name, variables in variable_values.items():
+        for variable, values in variables.items():
+            assert values, f"{name}: ${variable} resolves to nothing"
+    drill_down = variable_values["tree-stamping-groups-dlq.json"]
+    assert drill_down["stage"] == sorted(stage.name for stage in PIPELINE.stages)
+    assert drill_down["group"] == sorted(stage.group for stage in PIPELINE.stages)
+    # $topic follows $group: only the topics the first group consumes.
+    first_group = next(stage for stage in PIPELINE.stages if stage.group == drill_down["group"][0])
+    assert drill_down["topic"] == [first_group.request_topic]
+
+
+def test_query_variables_offer_all():
+    for dashboard in DASHBOARDS.values():
+        for variable in query_variables(dashboard):
+            assert variable["includeAll"] and variable["multi"] and variable["allValue"] == common.ALL_VALUE
+
+
+def _assert_returns_data(prometheus: Prometheus, query: Query, expr: str) -> None:
+    body = prometheus.get("/api/v1/query", query=expr)
+    assert not body.get("warnings"), f"{query.id}: warnings {body['warnings']}"
+    result = body["data"]["result"]
+    assert body["data"]["resultType"] == "vector", f"{query.id}: {body['data']['resultType']}"
+    assert result, f"{query.id}: no series for\n{expr}"
+    values = [float(sample["value"][1]) for sample in result]
+    assert any(math.isfinite(value) for value in values), f"{query.id}: only {values} for\n{expr}"
+
+
+@pytest.mark.parametrize("query", QUERIES, ids=[query.id for query in QUERIES])
+def test_query_returns_series(prometheus, variable_values, query):
+    dashboard = DASHBOARDS[query.dashboard]
+    names = [variable["name"] for variable in query_variables(dashboard)]
+    # "All" selected, as a dashboard opens; then each variable at its first value, as in a drill-down.
+    _assert_returns_data(prometheus, query, substitute(query.expr, {**BUILTINS, **dict.fromkeys(
+        names, common.ALL_VALUE)}))
+    if referenced_variables(query.expr) & set(names):
+        chosen = {name: regex_literal(variable_values[query.dashboard][name][0]) for name in names}
+        _assert_returns_data(prometheus, query, substitute(query.expr, {**BUILTINS, **chosen}))
