@@ -12,8 +12,9 @@ from exporter.refresh import Refresher, Source, default_build_info
 from exporter.render import Renderer
 from exporter.server import Endpoints, ExporterHTTPServer, landing_page
 from exporter.services_source import ServicesSource
-from exporter.web import authorizer, wrap_tls
+from exporter.web import authorizer, tls_context
 from pipeline.config import Config
+from pipeline.health import redact_url
 from treewatch import __version__
 
 log = logging.getLogger("treewatch.exporter")
@@ -65,8 +66,7 @@ def build_exporter(config: Config, *, port: int | None = None) -> Exporter:
         landing_page=lambda: landing_page("treewatch exporter", _landing_rows(config, refresher)),
     )
     server = ExporterHTTPServer((host, configured_port if port is None else port), endpoints,
-                                authorize=authorizer(settings.web))
-    wrap_tls(server, settings.web)
+                                authorize=authorizer(settings.web), tls_context=tls_context(settings.web))
     return Exporter(config, refresher, server)
 
 
@@ -75,7 +75,7 @@ def _landing_rows(config: Config, refresher: Refresher) -> list[tuple[str, str]]
     rows = [("configuration", config.source), ("environment", config.env),
             ("kafka", config.kafka.bootstrap_servers), ("security", config.kafka.security_protocol)]
     rows += [(f"stage {s.name}", f"group {s.group}; request topic {s.request_topic}") for s in config.stages]
-    rows += [(f"service {s.name}", s.url) for s in config.services]
+    rows += [(f"service {s.name}", redact_url(s.url)) for s in config.services]
     for name, status in refresher.collector_status().items():
         state = {True: "ok", False: f"failing: {status['error']}", None: "not run yet"}[status["ok"]]
         rows.append((f"collector {name}", state))
@@ -84,11 +84,12 @@ def _landing_rows(config: Config, refresher: Refresher) -> list[tuple[str, str]]
 
 def run_exporter(config: Config) -> None:
     """Serve until SIGTERM or SIGINT, then stop every thread cleanly."""
-    exporter = build_exporter(config).start()
-    log.info("serving %s/metrics (refresh every %ss)", exporter.url, config.exporter.refresh_interval_seconds)
     stop = threading.Event()
+    # Handlers first: a SIGTERM that arrives while starting still ends in a clean stop.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    exporter = build_exporter(config).start()
+    log.info("serving %s/metrics (refresh every %ss)", exporter.url, config.exporter.refresh_interval_seconds)
     stop.wait()
     log.info("shutting down")
     exporter.stop()

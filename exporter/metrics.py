@@ -9,15 +9,15 @@ operators' guide queries (``kafka_consumer_group_lag``, ``kafka_topic_partition_
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     GAUGE = "gauge"
     COUNTER = "counter"
 
 
-class Collector(str, Enum):
+class Collector(StrEnum):
     """Which part of the exporter gathers a metric; each reports its own success."""
 
     KAFKA_CLUSTER = "kafka_cluster"

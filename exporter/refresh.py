@@ -123,7 +123,10 @@ class Refresher:
         first = True
         while not self._stop.is_set():
             started = time.monotonic()
-            self._run(source)
+            try:
+                self._run(source)
+            except Exception:  # a bug in building the snapshot must not end this source's refreshes
+                log.exception("refresh of source %s failed", source.name)
             if first:
                 first = False
                 self._arrive_first_run()
@@ -172,8 +175,11 @@ class Refresher:
             return
         state.reported_error = described
         log.warning("collector %s failed: %s (logged once; counted in treewatch_collector_errors_total)",
-                    collector.value, described, exc_info=not isinstance(error, (OSError, TimeoutError))
-                    and log.isEnabledFor(logging.DEBUG))
+                    collector.value, described,
+                    # The error itself, not True: this runs outside the except block, where True
+                    # would print "NoneType: None" instead of the stack.
+                    exc_info=error if not isinstance(error, (OSError, TimeoutError))
+                    and log.isEnabledFor(logging.DEBUG) else None)
 
     # -- snapshot --------------------------------------------------------------------------------
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import html
 import logging
+import socket
+import ssl
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,9 +30,14 @@ class Endpoints:
     landing_page: Callable[[], str]
 
 
+_JOIN_TIMEOUT_SECONDS = 5.0
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: ExporterHTTPServer
     protocol_version = "HTTP/1.1"
+    # Seconds a connection may sit idle (or stall a TLS handshake) before its thread gives up.
+    timeout = 30
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         if not self.server.authorize(self):
@@ -50,7 +58,8 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, "text/plain; charset=utf-8", b"not found; try /metrics\n")
 
-    def _send(self, status: int, content_type: str, body: bytes, headers: dict[str, str] | None = None) -> None:
+    def _send(self, status: int, content_type: str, body: bytes,
+              headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -64,15 +73,28 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class ExporterHTTPServer(ThreadingHTTPServer):
+    """One thread per connection; TLS, when configured, is negotiated in that thread.
+
+    ``server_close`` ends every open connection (a Prometheus keep-alive connection would
+    otherwise hold its thread until the idle timeout) and joins the handler threads, so a stopped
+    server leaves no thread behind. Handler threads are named ``http-<client>`` for that reason.
+    """
+
     daemon_threads = True
     # A restarted exporter must be able to take its port back at once.
     allow_reuse_address = True
 
     def __init__(self, address: tuple[str, int], endpoints: Endpoints,
-                 authorize: Callable[[BaseHTTPRequestHandler], bool] | None = None) -> None:
+                 authorize: Callable[[BaseHTTPRequestHandler], bool] | None = None,
+                 tls_context: ssl.SSLContext | None = None) -> None:
         super().__init__(address, _Handler)
         self.endpoints = endpoints
         self.authorize = authorize or (lambda _handler: True)
+        self.tls_context = tls_context
+        self._connections: set[socket.socket] = set()
+        self._handler_threads: list[threading.Thread] = []
+        self._connections_lock = threading.Lock()
+        self._closing = False
 
     @property
     def port(self) -> int:
@@ -83,6 +105,72 @@ class ExporterHTTPServer(ThreadingHTTPServer):
         thread.start()
         return thread
 
+    def process_request(self, request: socket.socket, client_address: tuple[str, int]) -> None:
+        thread = threading.Thread(target=self.process_request_thread, args=(request, client_address),
+                                  name=f"http-{client_address[0]}:{client_address[1]}", daemon=True)
+        with self._connections_lock:
+            self._handler_threads = [t for t in self._handler_threads if t.is_alive()]
+            self._handler_threads.append(thread)
+        thread.start()
+
+    def finish_request(self, request: socket.socket, client_address: tuple[str, int]) -> None:
+        connection = request
+        if self.tls_context is not None:
+            # Handshake here, in the connection's own thread and under the handler's timeout: a
+            # client that connects and says nothing delays no other scrape.
+            request.settimeout(_Handler.timeout)
+            connection = self.tls_context.wrap_socket(request, server_side=True,
+                                                      do_handshake_on_connect=False)
+        if not self._track(connection):
+            connection.close()
+            return
+        try:
+            if connection is not request:
+                try:
+                    connection.do_handshake()
+                except (ssl.SSLError, OSError) as error:
+                    log.debug("TLS handshake with %s failed: %s", client_address[0], error)
+                    return
+            super().finish_request(connection, client_address)
+        finally:
+            self._untrack(connection)
+            if connection is not request:
+                connection.close()
+
+    def _track(self, connection: socket.socket) -> bool:
+        with self._connections_lock:
+            if self._closing:
+                return False
+            self._connections.add(connection)
+            return True
+
+    def _untrack(self, connection: socket.socket) -> None:
+        with self._connections_lock:
+            self._connections.discard(connection)
+
+    def handle_error(self, request: object, client_address: tuple[str, int]) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):  # a client that went away mid-answer is not news
+            log.debug("connection from %s ended: %s", client_address[0], error)
+        else:
+            log.exception("answering %s failed", client_address[0])
+
+    def server_close(self) -> None:
+        with self._connections_lock:
+            self._closing = True
+            open_connections = list(self._connections)
+        for connection in open_connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:  # already closed by the client
+                pass
+        super().server_close()
+        with self._connections_lock:
+            threads = list(self._handler_threads)
+        for thread in threads:
+            # Their connections are shut, so they end at once; the bound only guards the exit.
+            thread.join(_JOIN_TIMEOUT_SECONDS)
+
 
 def landing_page(title: str, rows: list[tuple[str, str]]) -> str:
     """A small HTML page: links to the endpoints, then a table of what is watched."""
@@ -91,6 +179,7 @@ def landing_page(title: str, rows: list[tuple[str, str]]) -> str:
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title></head><body>"
         f"<h1>{html.escape(title)}</h1>"
-        "<p><a href='/metrics'>Metrics</a> · <a href='/-/healthy'>Healthy</a> · <a href='/-/ready'>Ready</a></p>"
+        "<p><a href='/metrics'>Metrics</a> · <a href='/-/healthy'>Healthy</a> · "
+        "<a href='/-/ready'>Ready</a></p>"
         f"<table>{table}</table></body></html>"
     )

@@ -7,24 +7,25 @@ import base64
 import binascii
 import ssl
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import bcrypt
 
-from pipeline.config import WebSettings
-
-# A hash to check against when the user is unknown, so timing does not tell which users exist.
-_DUMMY_HASH = bcrypt.hashpw(b"treewatch", bcrypt.gensalt(rounds=4))
+from pipeline.config import ConfigError, WebSettings
 
 
 def authorizer(web: WebSettings) -> Callable[[BaseHTTPRequestHandler], bool] | None:
     """A check that answers 401 itself and returns False when basic auth is configured and fails."""
-    users = {name: hashed.encode() for name, hashed in web.basic_auth_users.items()}
+    users = {name: _checked_hash(name, hashed) for name, hashed in web.basic_auth_users.items()}
     if not users:
         return None
+    # An unknown user is checked against a hash of the same cost, so the answer's timing does not
+    # tell which user names exist.
+    cost = max(int(hashed[4:6]) for hashed in users.values())
+    dummy = bcrypt.hashpw(b"treewatch-unknown-user", bcrypt.gensalt(rounds=cost))
 
     def authorize(handler: BaseHTTPRequestHandler) -> bool:
-        if _credentials_valid(handler.headers.get("Authorization", ""), users):
+        if _credentials_valid(handler.headers.get("Authorization", ""), users, dummy):
             return True
         body = b"unauthorized\n"
         handler.send_response(401)
@@ -38,7 +39,18 @@ def authorizer(web: WebSettings) -> Callable[[BaseHTTPRequestHandler], bool] | N
     return authorize
 
 
-def _credentials_valid(header: str, users: dict[str, bytes]) -> bool:
+def _checked_hash(user: str, hashed: str) -> bytes:
+    """The hash as bytes, or a ConfigError naming the user (never the hash) when bcrypt rejects it."""
+    encoded = hashed.encode()
+    try:
+        bcrypt.checkpw(b"", encoded)
+        int(hashed[4:6])
+    except ValueError:
+        raise ConfigError(f"exporter.web.basic_auth_users.{user}: not a valid bcrypt hash") from None
+    return encoded
+
+
+def _credentials_valid(header: str, users: dict[str, bytes], dummy: bytes) -> bool:
     scheme, _, encoded = header.partition(" ")
     if scheme.lower() != "basic" or not encoded:
         return False
@@ -49,15 +61,27 @@ def _credentials_valid(header: str, users: dict[str, bytes]) -> bool:
     if not sep:
         return False
     hashed = users.get(user)
-    matches = bcrypt.checkpw(password.encode(), hashed if hashed is not None else _DUMMY_HASH)
+    try:
+        matches = bcrypt.checkpw(password.encode(), hashed if hashed is not None else dummy)
+    except ValueError:  # bcrypt refuses passwords over 72 bytes; no configured one is that long
+        return False
     return matches and hashed is not None
 
 
-def wrap_tls(server: HTTPServer, web: WebSettings) -> None:
-    """Serve HTTPS when a certificate and key are configured."""
+def tls_context(web: WebSettings) -> ssl.SSLContext | None:
+    """The server-side TLS context when a certificate and key are configured, else None.
+
+    The listening socket is never wrapped: each connection's handshake runs in its own handler
+    thread (see ExporterHTTPServer), so a client that stalls mid-handshake blocks nobody else.
+    """
     if not web.tls_cert_file:
-        return
+        return None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(web.tls_cert_file, web.tls_key_file)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
+    try:
+        context.load_cert_chain(web.tls_cert_file, web.tls_key_file)
+    except (OSError, ssl.SSLError) as error:
+        files = ", ".join(filter(None, [web.tls_cert_file, web.tls_key_file]))
+        raise ConfigError(f"exporter.web: cannot load the TLS certificate and key ({files}): "
+                          f"{getattr(error, 'strerror', None) or error}") from None
+    return context

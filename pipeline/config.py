@@ -94,7 +94,7 @@ class Stage:
 @dataclass(frozen=True)
 class Service:
     name: str
-    url: str
+    url: str = field(repr=False)  # may carry user:password; pipeline.health.redact_url shows it safely
 
 
 @dataclass(frozen=True)
@@ -242,7 +242,7 @@ def parse_config(data: Any, source: str, environ: Mapping[str, str] | None = Non
     return Config(
         env=env,
         kafka=_kafka(data.get("kafka", {}), source),
-        stages=_stages(data.get("stages", {}), env),
+        stages=_stages(data.get("stages", {}), env, source),
         services=_services(data.get("services")),
         exporter=_exporter(data.get("exporter", {})),
         source=source,
@@ -290,7 +290,10 @@ def _expected(error: jsonschema.ValidationError) -> str:
     if error.validator == "type":
         return f"expected {error.validator_value}, got {_describe(error.instance)}"
     if error.validator == "enum":
-        return f"expected one of {', '.join(map(str, error.validator_value))}, got {_describe(error.instance)}"
+        allowed = ", ".join(map(str, error.validator_value))
+        return f"expected one of {allowed}, got {_describe(error.instance)}"
+    if error.validator == "format" and error.validator_value == "regex":
+        return f"{_describe(error.instance)} is not a valid regular expression"
     if error.validator == "pattern":
         return f"{_describe(error.instance)} does not match the pattern {error.validator_value}"
     return error.message
@@ -307,7 +310,8 @@ def _read_secret(path: str, field_name: str, source: str) -> str:
     try:
         return Path(path).read_text().strip()
     except OSError as error:
-        raise ConfigError(f"{source}: {field_name}: cannot read secret file {path}: {error.strerror}") from None
+        raise ConfigError(f"{source}: {field_name}: cannot read secret file {path}:"
+                          f" {error.strerror}") from None
 
 
 def _kafka(data: dict[str, Any], source: str) -> KafkaSettings:
@@ -336,8 +340,9 @@ def _kafka(data: dict[str, Any], source: str) -> KafkaSettings:
         )
     protocol = data.get("security_protocol")
     if protocol is None:
-        protocol = {(False, False): "PLAINTEXT", (False, True): "SSL",
-                    (True, False): "SASL_PLAINTEXT", (True, True): "SASL_SSL"}[(sasl is not None, tls is not None)]
+        by_security = {(False, False): "PLAINTEXT", (False, True): "SSL",
+                       (True, False): "SASL_PLAINTEXT", (True, True): "SASL_SSL"}
+        protocol = by_security[(sasl is not None, tls is not None)]
     defaults = KafkaSettings()
     return KafkaSettings(
         bootstrap_servers=data.get("bootstrap_servers", defaults.bootstrap_servers),
@@ -349,7 +354,7 @@ def _kafka(data: dict[str, Any], source: str) -> KafkaSettings:
     )
 
 
-def _stages(data: dict[str, dict[str, str]], env: str) -> tuple[Stage, ...]:
+def _stages(data: dict[str, dict[str, str]], env: str, source: str) -> tuple[Stage, ...]:
     names = list(DEFAULT_STAGES) + [name for name in data if name not in DEFAULT_STAGES]
     stages = []
     for name in names:
@@ -357,9 +362,19 @@ def _stages(data: dict[str, dict[str, str]], env: str) -> tuple[Stage, ...]:
         missing = [key for key in ("request_topic", "completed_topic", "failed_topic", "dlq_topic", "group")
                    if key not in fields]
         if missing:
-            raise ConfigError(f"stages.{name}: a new stage needs {', '.join(missing)}")
-        stages.append(Stage(name=name, **{key: value.format(env=env) for key, value in fields.items()}))
+            raise ConfigError(f"{source}: stages.{name}: a new stage needs {', '.join(missing)}")
+        stages.append(Stage(name=name, **{key: _expand(value, env, f"stages.{name}.{key}", source)
+                                          for key, value in fields.items()}))
     return tuple(stages)
+
+
+def _expand(template: str, env: str, field_name: str, source: str) -> str:
+    try:
+        return template.format(env=env)
+    except (KeyError, IndexError, ValueError) as error:
+        raise ConfigError(f"{source}: {field_name}: {template!r} is not a valid name template"
+                          f" ({type(error).__name__}: {error}); the only placeholder is {{env}},"
+                          f" and a literal brace is written twice") from None
 
 
 def _services(data: dict[str, dict[str, str]] | None) -> tuple[Service, ...]:

@@ -1,0 +1,105 @@
+"""Kafka cluster health (the exporter's ``rpk cluster health``) on a real 3-broker cluster.
+
+One broker is stopped under a topic replicated three times: the exporter must see two brokers,
+one down, under-replicated partitions and an unhealthy cluster; started again, all recovers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+from confluent_kafka.admin import NewTopic
+
+from devkafka import KafkaCluster
+from exporter.kafka_source import KafkaSource
+from exporter.metrics import Collector
+from pipeline.config import parse_config
+from pipeline.kafka import result_of
+
+# Stopped brokers are noticed within devkafka's 6 s session timeout; this leaves room on a busy box.
+CHANGE_DEADLINE = 60.0
+
+
+@pytest.fixture(scope="module")
+def kafka_cluster3() -> Iterator[KafkaCluster]:
+    with KafkaCluster(nodes=3) as cluster:
+        yield cluster
+        # Its data is thrown away: a crash stop spares the last node's 30 s wait, on SIGTERM, for a
+        # controller quorum that left with the others.
+        for index in range(len(cluster.nodes)):
+            cluster.kill_node(index)
+
+
+@pytest.fixture(scope="module")
+def topic(kafka_cluster3: KafkaCluster) -> str:
+    name = "health.replicated.v1"
+    admin = kafka_cluster3.admin()  # kept referenced: a collected client cancels its futures
+    futures = admin.create_topics([NewTopic(name, num_partitions=3, replication_factor=3)])
+    result_of(futures[name], 30)
+    kafka_cluster3.wait_until(lambda: _cluster_values(_gather(kafka_cluster3)).get(
+        ("kafka_topic_under_replicated_partitions", (name,))) == 0, CHANGE_DEADLINE, "topic fully replicated")
+    return name
+
+
+def _gather(cluster: KafkaCluster) -> dict:
+    config = parse_config({"kafka": {"bootstrap_servers": cluster.bootstrap_servers,
+                                     "request_timeout_seconds": 5}}, source="test", environ={})
+    source = KafkaSource(config)
+    try:
+        return source.gather()
+    finally:
+        source.close()
+
+
+def _cluster_values(results: dict) -> dict[tuple[str, tuple[str, ...]], float]:
+    samples = results[Collector.KAFKA_CLUSTER]
+    if isinstance(samples, BaseException):
+        return {}
+    return {(s.metric, s.labels): s.value for s in samples}
+
+
+def _await_values(cluster: KafkaCluster, wanted: Callable[[dict], bool], what: str) -> dict:
+    """Gather again and again until ``wanted`` holds for the cluster samples; return them."""
+    seen: dict = {}
+
+    def holds() -> bool:
+        seen.clear()
+        seen.update(_cluster_values(_gather(cluster)))
+        return bool(seen) and wanted(seen)
+
+    try:
+        cluster.wait_until(holds, CHANGE_DEADLINE, what)
+    except TimeoutError as error:
+        raise AssertionError(f"{error}; last seen {seen}") from None
+    return seen
+
+
+def test_healthy_cluster(kafka_cluster3: KafkaCluster, topic: str) -> None:
+    values = _cluster_values(_gather(kafka_cluster3))
+    assert values[("kafka_brokers", ())] == 3
+    assert values[("kafka_cluster_brokers_down", ())] == 0
+    assert values[("kafka_cluster_controller_known", ())] == 1
+    assert values[("kafka_topic_leaderless_partitions", (topic,))] == 0
+    assert values[("kafka_topic_under_replicated_partitions", (topic,))] == 0
+    assert values[("kafka_cluster_healthy", ())] == 1
+
+
+def test_stopped_broker_shows_and_recovers(kafka_cluster3: KafkaCluster, topic: str) -> None:
+    kafka_cluster3.stop_node(2)
+    try:
+        down = _await_values(kafka_cluster3, lambda v: v[("kafka_brokers", ())] == 2
+                             and v[("kafka_topic_under_replicated_partitions", (topic,))] > 0,
+                             "broker count 2 and under-replicated partitions")
+        assert down[("kafka_cluster_brokers_down", ())] == 1
+        assert down[("kafka_cluster_healthy", ())] == 0
+        assert down[("kafka_cluster_controller_known", ())] == 1  # two of three voters remain
+        assert down[("kafka_topic_leaderless_partitions", (topic,))] == 0  # leaders moved away
+    finally:
+        kafka_cluster3.start_node(2)
+    kafka_cluster3.wait_ready(3)
+    up = _await_values(kafka_cluster3, lambda v: v[("kafka_cluster_healthy", ())] == 1
+                       and v[("kafka_topic_under_replicated_partitions", (topic,))] == 0,
+                       "healthy and fully replicated again")
+    assert up[("kafka_brokers", ())] == 3
+    assert up[("kafka_cluster_brokers_down", ())] == 0

@@ -1,0 +1,116 @@
+"""The configuration file: defaults are the guide's pipeline, and every bad file is refused at start
+with a message naming the file, the field and what was expected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import DEFAULT_STAGES, ConfigError, load_config, parse_config
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "treewatch.yaml"
+    path.write_text(text)
+    return path
+
+
+def refused(path: Path) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={})
+    return str(caught.value)
+
+
+def test_an_empty_file_is_the_guides_pipeline(tmp_path):
+    config = load_config(write(tmp_path, ""), environ={})
+    assert [stage.name for stage in config.stages] == ["discover", "stamp", "index"]
+    stamp = config.stage("stamp")
+    assert stamp.request_topic == "dev.archon-intelligence.stamping.generate.v1"
+    assert stamp.dlq_topic == "dev.archon-intelligence.stamping.generate.v1.dlq"
+    assert stamp.group == "stamping-generator-group"
+    assert {s.group for s in config.stages} == {"tree-discovery-group", "stamping-generator-group",
+                                                "indexing-processor-group"}
+    assert {s.name: s.url for s in config.services}["metadata-stamping"] == "http://localhost:8057/health"
+    assert config.exporter.refresh_interval_seconds == 15
+    assert config.source == str(tmp_path / "treewatch.yaml")
+
+
+def test_env_and_a_partial_stage_override_change_only_what_they_name(tmp_path):
+    config = load_config(write(tmp_path, "env: prod\nstages:\n  stamp:\n    group: stampers\n"), environ={})
+    stamp = config.stage("stamp")
+    assert stamp.group == "stampers"
+    assert stamp.request_topic == DEFAULT_STAGES["stamp"]["request_topic"].format(env="prod")
+    assert config.stage("index").request_topic == "prod.archon-intelligence.tree.index.v1"
+
+
+def test_environment_variables_override_the_file_and_secrets_come_from_files(tmp_path):
+    secret = tmp_path / "password"
+    secret.write_text("s3cret\n")
+    path = write(tmp_path, f"kafka:\n  bootstrap_servers: file:9092\n  sasl:\n    mechanism: PLAIN\n"
+                           f"    username: watcher\n    password_file: {secret}\n")
+    config = load_config(path, environ={"TREEWATCH_KAFKA_BOOTSTRAP_SERVERS": "env:9093"})
+    assert config.kafka.bootstrap_servers == "env:9093"
+    assert config.kafka.security_protocol == "SASL_PLAINTEXT"
+    client = config.kafka.client_config()
+    assert client["sasl.password"] == "s3cret"
+    assert "s3cret" not in repr(config)
+
+
+def test_a_missing_file_is_named(tmp_path):
+    message = refused(tmp_path / "absent.yaml")
+    assert str(tmp_path / "absent.yaml") in message
+    assert "not found" in message
+
+
+def test_a_wrong_type_names_the_file_the_field_and_the_expected_type(tmp_path):
+    path = write(tmp_path, "exporter:\n  refresh_interval_seconds: fast\n")
+    message = refused(path)
+    assert f"{path}: exporter.refresh_interval_seconds: expected number, got string 'fast'" in message
+
+
+def test_an_unknown_stage_field_is_named_with_the_fields_allowed(tmp_path):
+    path = write(tmp_path, "stages:\n  stamp:\n    dlq_topik: x.dlq\n")
+    message = refused(path)
+    assert f"{path}: stages.stamp.dlq_topik: unknown field" in message
+    assert "dlq_topic" in message  # what was meant is among those listed
+
+
+def test_every_problem_of_a_file_is_listed_at_once(tmp_path):
+    path = write(tmp_path, "exporter:\n  max_series: many\nkafka:\n  security_protocol: CARRIER_PIGEON\n")
+    message = refused(path)
+    assert "exporter.max_series: expected integer" in message
+    assert "kafka.security_protocol: expected one of PLAINTEXT" in message
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("kafka: [\n", "not valid YAML at line 2"),
+    ("- a\n- b\n", "the top level must be a mapping, got list"),
+    ("stages:\n  enrich:\n    request_topic: e.v1\n",
+     "stages.enrich: a new stage needs completed_topic"),
+    ("stages:\n  stamp:\n    group: '{environment}-g'\n",
+     "stages.stamp.group: '{environment}-g' is not a valid"),
+    ("exporter:\n  groups:\n    allow: ['(unclosed']\n",
+     "exporter.groups.allow.0: string '(unclosed' is not a valid regular expression"),
+    ("kafka:\n  sasl:\n    mechanism: PLAIN\n    username: u\n",
+     "kafka.sasl: expected password or password_file"),
+    ("services:\n  bridge:\n    url: localhost:8054\n",
+     "services.bridge.url: string 'localhost:8054' does not match"),
+])
+def test_bad_values_are_refused_with_the_file_and_field(tmp_path, text, expected):
+    path = write(tmp_path, text)
+    message = refused(path)
+    assert str(path) in message
+    assert expected in message
+
+
+def test_a_secret_file_that_cannot_be_read_is_named(tmp_path):
+    missing = tmp_path / "nope"
+    message = refused(write(tmp_path, f"kafka:\n  sasl:\n    mechanism: PLAIN\n    username: u\n"
+                                      f"    password_file: {missing}\n"))
+    assert f"kafka.sasl.password_file: cannot read secret file {missing}" in message
+
+
+def test_parse_config_refuses_what_the_schema_refuses():
+    with pytest.raises(ConfigError, match="exporter.committed_offsets_concurrency"):
+        parse_config({"exporter": {"committed_offsets_concurrency": 0}}, source="inline", environ={})

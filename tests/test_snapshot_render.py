@@ -1,0 +1,180 @@
+"""The refresh → snapshot → render machinery, driven by a small scripted Source (treewatch's own
+abstraction: anything with name, collectors, gather() and close()) and a clock the test moves."""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Mapping, Sequence
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+import exporter.render
+from exporter.metrics import METRICS, Collector
+from exporter.refresh import Refresher
+from exporter.render import Renderer, render
+from exporter.snapshot import Sample, Snapshot, sample
+
+BUILD_INFO = {"version": "test", "python_version": "3", "librdkafka_version": "2"}
+GRACE = 120.0
+
+
+class ScriptedSource:
+    """Answers each gather() with the next scripted result; an exception is raised as such."""
+
+    name = "scripted"
+    collectors = (Collector.KAFKA_TOPICS, Collector.DLQ)
+
+    def __init__(self, *script: Mapping[Collector, Sequence[Sample] | BaseException] | BaseException) -> None:
+        self.script = deque(script)
+        self.closed = False
+        self.calls = 0
+
+    def gather(self) -> Mapping[Collector, Sequence[Sample] | BaseException]:
+        self.calls += 1
+        step = self.script[0] if len(self.script) == 1 else self.script.popleft()
+        if isinstance(step, BaseException):
+            raise step
+        return step
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def offsets(*values: int) -> list[Sample]:
+    return [sample("kafka_topic_partition_current_offset", value, topic="t", partition=index)
+            for index, value in enumerate(values)]
+
+
+def dlq(count: int) -> list[Sample]:
+    return [sample("tree_dlq_records_total", count, stage="stamp", error_type="FILE_NOT_FOUND")]
+
+
+def refresher(source: ScriptedSource, clock: Clock, max_series: int = 1000) -> Refresher:
+    return Refresher([source], interval_seconds=60, stale_grace_seconds=GRACE, max_series=max_series,
+                     build_info=BUILD_INFO, clock=clock)
+
+
+def test_a_failing_collector_serves_its_last_values_for_the_grace_period_then_disappears():
+    clock = Clock()
+    outage = ConnectionError("broker down")
+    source = ScriptedSource({Collector.KAFKA_TOPICS: offsets(5, 7), Collector.DLQ: dlq(2)},
+                            {Collector.KAFKA_TOPICS: outage, Collector.DLQ: dlq(3)})
+    loop = refresher(source, clock)
+    first = loop.run_once()
+    assert first.values("kafka_topic_partition_current_offset") == {("t", "0"): 5, ("t", "1"): 7}
+    succeeded_at = clock.now
+
+    clock.now += GRACE / 2
+    during = loop.run_once()
+    # The failed collector keeps its last values and says it failed; the other one moved on.
+    assert during.values("kafka_topic_partition_current_offset") == {("t", "0"): 5, ("t", "1"): 7}
+    assert during.values("treewatch_collector_success") == {("kafka_topics",): 0, ("dlq",): 1}
+    # the end of the last good run: its start on the test's clock plus its (real, tiny) duration
+    last_success = during.values("treewatch_collector_last_success_timestamp_seconds")
+    assert last_success[("kafka_topics",)] == pytest.approx(succeeded_at, abs=1.0)
+    assert during.values("treewatch_collector_errors_total") == {("kafka_topics",): 1, ("dlq",): 0}
+    assert during.values("tree_dlq_records_total") == {("stamp", "FILE_NOT_FOUND"): 3}
+    assert "ConnectionError: broker down" in loop.collector_status()["kafka_topics"]["error"]
+
+    clock.now += GRACE
+    after = loop.run_once()
+    assert after.values("kafka_topic_partition_current_offset") == {}
+    assert after.values("treewatch_collector_errors_total")[("kafka_topics",)] == 2
+    assert after.values("tree_dlq_records_total") == {("stamp", "FILE_NOT_FOUND"): 3}
+
+
+def test_a_source_that_raises_fails_every_one_of_its_collectors():
+    clock = Clock()
+    loop = refresher(ScriptedSource(TimeoutError("metadata timed out")), clock)
+    snapshot = loop.run_once()
+    assert snapshot.values("treewatch_collector_success") == {("kafka_topics",): 0, ("dlq",): 0}
+    assert not snapshot.values("treewatch_collector_last_success_timestamp_seconds")
+    assert loop.ready
+
+
+def test_the_series_cap_drops_what_exceeds_it_and_counts_it_per_collector():
+    clock = Clock()
+    source = ScriptedSource({Collector.KAFKA_TOPICS: offsets(1, 2, 3, 4), Collector.DLQ: dlq(9)})
+    snapshot = refresher(source, clock, max_series=3).run_once()
+    assert len(snapshot.values("kafka_topic_partition_current_offset")) == 3
+    assert snapshot.values("tree_dlq_records_total") == {}
+    assert snapshot.values("treewatch_series_dropped") == {("kafka_topics",): 1, ("dlq",): 1}
+    # The exporter's own series are outside the cap: they are how the cap is noticed.
+    assert snapshot.values("treewatch_build_info") == {tuple(BUILD_INFO.values()): 1}
+    assert snapshot.values("treewatch_collector_success") == {("kafka_topics",): 1, ("dlq",): 1}
+
+
+def test_a_scrape_renders_each_snapshot_once(monkeypatch):
+    renders: list[Snapshot] = []
+
+    def counting_render(snapshot: Snapshot) -> bytes:
+        renders.append(snapshot)
+        return render(snapshot)
+
+    monkeypatch.setattr(exporter.render, "render", counting_render)
+    current = Snapshot.build([(Collector.DLQ, dlq(1))], built_at=1.0, max_series=10)
+    renderer = Renderer(lambda: current)
+    first, second = renderer.metrics_text(), renderer.metrics_text()
+    assert len(renders) == 1
+    assert b'tree_dlq_records_total{error_type="FILE_NOT_FOUND",stage="stamp"} 1.0' in first
+    assert b"tree_dlq_records_total" in second
+    current = Snapshot.build([(Collector.DLQ, dlq(2))], built_at=2.0, max_series=10)
+    assert b'stage="stamp"} 2.0' in renderer.metrics_text()
+    assert len(renders) == 2
+
+
+def test_rendered_text_follows_the_metric_contract():
+    awkward = 'quote " backslash \\ newline \n end'
+    snapshot = Snapshot.build([
+        (Collector.DLQ, [Sample("tree_dlq_records_total", ("stamp", awkward), 4.0)]),
+        (Collector.KAFKA_GROUPS, [sample("kafka_consumer_group_lag", 12, group="g", topic="t", partition=0)]),
+    ], built_at=1.0, max_series=10)
+    families = {family.name: family for family in text_string_to_metric_families(render(snapshot).decode())}
+    definitions = {definition.family_name: definition for definition in METRICS}
+    assert set(families) == {"tree_dlq_records", "kafka_consumer_group_lag"}
+    for name, family in families.items():
+        assert family.type == definitions[name].kind.value
+        assert family.documentation == definitions[name].help
+    dead_letters = families["tree_dlq_records"].samples
+    assert [(s.name, s.labels, s.value) for s in dead_letters] == [
+        ("tree_dlq_records_total", {"stage": "stamp", "error_type": awkward}, 4.0)]
+
+
+def test_sample_refuses_labels_the_contract_does_not_define():
+    with pytest.raises(ValueError, match="kafka_consumer_group_lag takes labels"):
+        sample("kafka_consumer_group_lag", 1, group="g", topic="t")
+    with pytest.raises(KeyError):
+        sample("kafka_consumer_lag_typo", 1)
+
+
+def test_the_background_loop_becomes_ready_and_stops_closing_its_sources():
+    clock = Clock()
+    gathered = threading.Event()
+
+    class SignallingSource(ScriptedSource):
+        def gather(self):
+            result = super().gather()
+            gathered.set()
+            return result
+
+    source = SignallingSource({Collector.KAFKA_TOPICS: offsets(1), Collector.DLQ: dlq(0)})
+    loop = refresher(source, clock)
+    assert not loop.ready
+    loop.start()
+    try:
+        assert loop.wait_ready(timeout=10)
+        assert gathered.is_set()
+        assert loop.current.values("kafka_topic_partition_current_offset") == {("t", "0"): 1}
+    finally:
+        loop.stop(timeout=10)
+    assert source.closed
