@@ -1,0 +1,67 @@
+"""The load generator: discovery requests for synthetic projects, published the way the
+guide's tools publish them (payload ``{project_path, project_name, correlation_id}``)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+
+from pipeline.config import KafkaSettings, Stage
+from pipeline.events import envelope
+from pipeline.kafka import producer as make_producer
+from simulator.stages import FILE_COUNT_FIELD, SOURCE, synthetic_file_paths
+
+
+@dataclass(frozen=True)
+class Project:
+    correlation_id: str
+    project_name: str
+    project_path: str
+    files: int
+
+    @classmethod
+    def synthetic(cls, files: int, name: str | None = None, correlation_id: str | None = None) -> Project:
+        """A project not published yet: its files are known before any stage runs."""
+        if files < 0:
+            raise ValueError(f"a project has zero or more files, got {files}")
+        correlation_id = correlation_id or str(uuid.uuid4())
+        name = name or f"synthetic-{correlation_id[:8]}"
+        return cls(correlation_id, name, f"/projects/{name}", files)
+
+    @property
+    def file_paths(self) -> list[str]:
+        """The files discovery will report for this project, in order."""
+        return synthetic_file_paths(self.project_path, self.files)
+
+
+class LoadGenerator:
+    def __init__(self, kafka: KafkaSettings, discover: Stage) -> None:
+        self.discover = discover
+        self._producer = make_producer(kafka)
+
+    def publish(self, project: Project) -> Project:
+        """Publish the project's discovery request and wait until Kafka has it."""
+        request = envelope("tree.discover.requested", {
+            "project_path": project.project_path,
+            "project_name": project.project_name,
+            "correlation_id": project.correlation_id,
+            FILE_COUNT_FIELD: project.files,
+        }, source=SOURCE)
+        errors: list[str] = []
+
+        def delivered(error: object, _message: object) -> None:
+            if error is not None:
+                errors.append(str(error))
+
+        self._producer.produce(self.discover.request_topic, json.dumps(request).encode(),
+                               key=project.correlation_id.encode(), on_delivery=delivered)
+        remaining = self._producer.flush(30)
+        if remaining or errors:
+            reason = errors[0] if errors else "no confirmation after 30s"
+            raise RuntimeError(f"discovery request for {project.project_name} not written to "
+                               f"{self.discover.request_topic}: {reason}")
+        return project
+
+    def close(self) -> None:
+        self._producer.flush(10)

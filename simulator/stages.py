@@ -1,0 +1,205 @@
+"""What each stage of the stand-in pipeline does with one request: from the request record to
+the records the stage writes (its outputs, or a failed event and a dead letter). No Kafka here,
+so the consumer loop is the same for every stage and this part is plain to read.
+
+discover: a project request → one ``discover-completed`` event with ``files_discovered`` = N
+          and N stamping requests, one per file.
+stamp:    a file → ``stamping.generate-completed`` and a ``tree.index`` request.
+index:    a file → ``tree.index-completed``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.config import Stage
+from pipeline.events import dead_letter, decode_json_object, envelope
+
+SOURCE = "treewatch-simulator"
+
+# The guide's error codes with the message its DLQ section shows for each.
+ERROR_MESSAGES: dict[str, str] = {
+    "FILE_NOT_FOUND": "File '{file_path}' not found",
+    "INTELLIGENCE_SERVICE_ERROR": "Intelligence service timeout after 30s",
+    "ENCODING_ERROR": "Cannot decode file with UTF-8 encoding",
+}
+ERROR_TYPES: tuple[str, ...] = tuple(ERROR_MESSAGES)
+# A request the stage cannot read at all still goes to its DLQ, as the real services do.
+INVALID_EVENT = "INVALID_EVENT"
+
+# Optional request field: how many files discovery finds in the synthetic project. Without it
+# (a request typed by hand, as in the guide's `rpk topic produce` example) the default applies.
+FILE_COUNT_FIELD = "synthetic_file_count"
+
+
+@dataclass(frozen=True)
+class StageBehaviour:
+    """How a simulated stage behaves; replaced whole while it runs (see Simulator.configure)."""
+
+    delay_seconds: float = 0.0  # processing time per request
+    error_rate: float = 0.0  # share of requests that fail, with a random error type
+    # file_path (project_path for discovery) -> error_type: these requests always fail.
+    fail_files: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.error_rate <= 1.0:
+            raise ValueError(f"error_rate must be between 0 and 1, got {self.error_rate}")
+        if self.delay_seconds < 0:
+            raise ValueError(f"delay_seconds must not be negative, got {self.delay_seconds}")
+        unknown = sorted(set(self.fail_files.values()) - set(ERROR_TYPES))
+        if unknown:
+            raise ValueError(f"unknown error types {unknown}; expected one of {', '.join(ERROR_TYPES)}")
+
+
+@dataclass(frozen=True)
+class Record:
+    topic: str
+    key: str | None
+    value: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # "completed", "failed" or "invalid"
+    records: tuple[Record, ...]
+
+
+class InvalidRequest(ValueError):
+    """A request the stage cannot act on: not a JSON object, or a required field missing."""
+
+
+def synthetic_file_paths(project_path: str, files: int) -> list[str]:
+    """The files discovery 'finds' in a synthetic project: the same list every time."""
+    root = project_path.rstrip("/")
+    return [f"{root}/src/pkg_{index // 50:03d}/module_{index:05d}.py" for index in range(files)]
+
+
+def request_payload(value: bytes | None, required: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(payload, whole record) of a request; an envelope's payload or, for a bare object such
+    as the guide's hand-typed test request, the object itself."""
+    record = decode_json_object(value)
+    if record is None:
+        raise InvalidRequest("not a JSON object")
+    payload = record["payload"] if isinstance(record.get("payload"), dict) else record
+    missing = [name for name in required if not isinstance(payload.get(name), str) or not payload[name]]
+    if missing:
+        raise InvalidRequest(f"missing or empty field(s): {', '.join(missing)}")
+    return payload, record
+
+
+class StageLogic(ABC):
+    """One stage's work on one request; subclasses say what success writes."""
+
+    required: tuple[str, ...] = ("correlation_id",)
+    event_name = ""
+
+    def __init__(self, stage: Stage) -> None:
+        self.stage = stage
+
+    @abstractmethod
+    def succeed(self, payload: dict[str, Any]) -> list[Record]:
+        """The records the stage writes when the request succeeds."""
+
+    def process(self, value: bytes | None, behaviour: StageBehaviour, rng: random.Random) -> Outcome:
+        try:
+            payload, record = request_payload(value, self.required)
+            failure = self._failure(payload, behaviour, rng)
+            if failure is None:
+                return Outcome("completed", tuple(self.succeed(payload)))
+        except InvalidRequest as error:
+            return self._invalid(value, error)
+        error_type, message = failure
+        failed = _event(f"{self.event_name}.failed",
+                        {**_identity(payload), "error_type": error_type, "error_message": message})
+        letter = dead_letter(self.stage.request_topic, record, error_type, message)
+        key = payload["correlation_id"]
+        return Outcome("failed", (Record(self.stage.failed_topic, key, failed),
+                                  Record(self.stage.dlq_topic, key, letter)))
+
+    def _invalid(self, value: bytes | None, error: InvalidRequest) -> Outcome:
+        raw = value.decode("utf-8", errors="replace") if value is not None else None
+        letter = dead_letter(self.stage.request_topic, raw, INVALID_EVENT, f"unreadable request: {error}")
+        return Outcome("invalid", (Record(self.stage.dlq_topic, None, letter),))
+
+    @staticmethod
+    def _failure(payload: dict[str, Any], behaviour: StageBehaviour,
+                 rng: random.Random) -> tuple[str, str] | None:
+        file_path = payload.get("file_path") or payload.get("project_path") or ""
+        error_type = behaviour.fail_files.get(file_path)
+        if error_type is None and behaviour.error_rate > 0 and rng.random() < behaviour.error_rate:
+            error_type = rng.choice(ERROR_TYPES)
+        if error_type is None:
+            return None
+        return error_type, ERROR_MESSAGES[error_type].format(file_path=file_path)
+
+
+class Discover(StageLogic):
+    required = ("correlation_id", "project_path")
+    event_name = "tree.discover"
+
+    def __init__(self, stage: Stage, stamp: Stage, default_files: int) -> None:
+        super().__init__(stage)
+        self.stamp = stamp
+        self.default_files = default_files
+
+    def succeed(self, payload: dict[str, Any]) -> list[Record]:
+        files = payload.get(FILE_COUNT_FIELD, self.default_files)
+        if not isinstance(files, int) or isinstance(files, bool) or files < 0:
+            raise InvalidRequest(f"{FILE_COUNT_FIELD} must be a non-negative integer, got {files!r}")
+        project_path = payload["project_path"]
+        project = {
+            "correlation_id": payload["correlation_id"],
+            "project_name": payload.get("project_name") or project_path.rstrip("/").rsplit("/", 1)[-1],
+            "project_path": project_path,
+        }
+        completed = _event(f"{self.event_name}.completed", {**project, "files_discovered": files})
+        records = [Record(self.stage.completed_topic, project["correlation_id"], completed)]
+        for index, path in enumerate(synthetic_file_paths(project_path, files)):
+            file = {**project, "file_path": path, "file_index": index}
+            request = _event("stamping.generate.requested", file)
+            records.append(Record(self.stamp.request_topic, path, request))
+        return records
+
+
+class Stamp(StageLogic):
+    required = ("correlation_id", "file_path")
+    event_name = "stamping.generate"
+
+    def __init__(self, stage: Stage, index: Stage) -> None:
+        super().__init__(stage)
+        self.index = index
+
+    def succeed(self, payload: dict[str, Any]) -> list[Record]:
+        identity = _identity(payload)
+        path = identity["file_path"]
+        stamp = {"content_hash": hashlib.blake2b(path.encode(), digest_size=16).hexdigest(),
+                 "stamped_by": "metadata-stamping"}
+        completed = _event(f"{self.event_name}.completed", {**identity, "stamp": stamp})
+        request = _event("tree.index.requested", {**identity, "stamp": stamp})
+        return [Record(self.stage.completed_topic, path, completed),
+                Record(self.index.request_topic, path, request)]
+
+
+class Index(StageLogic):
+    required = ("correlation_id", "file_path")
+    event_name = "tree.index"
+
+    def succeed(self, payload: dict[str, Any]) -> list[Record]:
+        identity = _identity(payload)
+        completed = _event(f"{self.event_name}.completed", {**identity, "indexed_in": ["qdrant", "memgraph"]})
+        return [Record(self.stage.completed_topic, identity["file_path"], completed)]
+
+
+def _identity(payload: dict[str, Any]) -> dict[str, Any]:
+    """The fields every event about this project or file carries forward."""
+    keys = ("correlation_id", "project_name", "project_path", "file_path", "file_index")
+    return {key: payload[key] for key in keys if key in payload}
+
+
+def _event(event_type: str, payload: dict[str, Any]) -> dict[str, Any]:
+    return envelope(event_type, payload, source=SOURCE)

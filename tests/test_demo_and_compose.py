@@ -1,0 +1,289 @@
+"""`treewatch demo` run for real (bounded by --duration), and the deployment files checked
+statically: Docker does not run here, so docker-compose.yml is checked for what would break
+`docker compose up` (YAML, bind-mounted paths, Dockerfiles, ports, the names the guide uses),
+and the configuration files it mounts are validated by the tools that read them."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from pipeline.config import DEFAULT_SERVICES, DEFAULT_STAGES, ENV_OVERRIDES, load_config, schema
+
+REPO = Path(__file__).resolve().parents[1]
+COMPOSE = REPO / "docker-compose.yml"
+GUIDE_GROUPS = {stage["group"] for stage in DEFAULT_STAGES.values()}
+
+
+# -- the demo --------------------------------------------------------------------------------------
+
+class Output:
+    """The demo's output lines, read in the background so its pipe never fills up."""
+
+    def __init__(self, process: subprocess.Popen) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(process,), daemon=True)
+        self._thread.start()
+
+    def _read(self, process: subprocess.Popen) -> None:
+        for line in process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for(self, pattern: str, process: subprocess.Popen, timeout: float) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if match := re.search(pattern, line):
+                    return match
+            if process.poll() is not None:
+                self._thread.join(5)
+                break
+            time.sleep(0.2)
+        raise AssertionError(f"no line matching {pattern!r}; output:\n" + "\n".join(self.lines))
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+def lag_groups(metrics_url: str) -> set[str]:
+    try:
+        text = httpx.get(metrics_url, timeout=5).text
+    except httpx.TransportError:
+        return set()
+    return {sample.labels["group"] for family in text_string_to_metric_families(text)
+            if family.name == "kafka_consumer_group_lag" for sample in family.samples}
+
+
+def prometheus_sees_the_exporter(prometheus_url: str) -> bool:
+    try:
+        answer = httpx.get(f"{prometheus_url}/api/v1/query", params={"query": 'up{job="treewatch"}'},
+                           timeout=5)
+    except httpx.TransportError:
+        return False
+    return [r["value"][1] for r in answer.json()["data"]["result"]] == ["1"]
+
+
+def test_demo_runs_the_whole_bundle_and_stops_cleanly_when_its_duration_is_up() -> None:
+    duration = 20
+    process = subprocess.Popen(
+        [sys.executable, "-m", "treewatch", "demo", "--duration", str(duration), "--files", "40",
+         "--free-ports"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        output = Output(process)
+        # Starting Kafka from cold may take a while on a busy machine.
+        metrics_url = output.wait_for(r"exporter metrics\s+(http://\S+/metrics)", process, 150).group(1)
+        kafka = output.wait_for(r"kafka: (\S+);", process, timeout=5).group(1)
+        prometheus = output.wait_for(r"prometheus\s+(http://\S+)", process, timeout=5).group(1)
+        output.wait_for(r"alertmanager\s+(http://\S+)", process, timeout=5)
+
+        deadline = time.monotonic() + duration
+        while not (GUIDE_GROUPS <= lag_groups(metrics_url) and prometheus_sees_the_exporter(prometheus)):
+            assert time.monotonic() < deadline, (
+                f"lag series for {GUIDE_GROUPS - lag_groups(metrics_url)} or Prometheus' scrape missing "
+                f"while the demo ran; output:\n{output.text}")
+            time.sleep(0.5)
+
+        assert process.wait(timeout=duration + 60) == 0, output.text
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    output.wait_for(r"^demo stopped$", process, timeout=5)
+    summary = r"lag +tree-discovery-group=\d+ stamping-generator-group=\d+ indexing-processor-group=\d+"
+    assert re.search(summary, output.text), output.text
+    # Everything it started is gone with it.
+    host, port = kafka.split(":")
+    for url in (metrics_url, prometheus, f"http://{host}:{port}"):
+        with pytest.raises(httpx.TransportError):
+            httpx.get(url, timeout=2)
+
+
+# -- docker-compose.yml ----------------------------------------------------------------------------
+
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def host_path(spec: str) -> str:
+    """The host side of a bind mount, with ${VAR:-default} resolved to its default."""
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", spec)
+
+
+def bind_mounts(service: dict[str, Any]) -> list[tuple[str, str]]:
+    mounts = []
+    for volume in service.get("volumes", []):
+        source, target = host_path(volume).split(":")[:2]
+        if source.startswith((".", "/")):  # named volumes are Docker's own
+            mounts.append((source, target))
+    return mounts
+
+
+def test_compose_has_the_stack_and_the_guides_container_name() -> None:
+    services = compose()["services"]
+    assert set(services) == {"redpanda", "simulator", "exporter", "prometheus", "alertmanager", "grafana"}
+    assert services["redpanda"]["container_name"] == "omninode-bridge-redpanda"
+    assert services["redpanda"]["image"].startswith("redpandadata/redpanda:")
+    for name, image in (("prometheus", "prom/prometheus:"), ("alertmanager", "prom/alertmanager:"),
+                        ("grafana", "grafana/grafana:")):
+        assert services[name]["image"].startswith(image)
+
+
+def test_every_bind_mounted_path_and_dockerfile_exists_in_the_repository() -> None:
+    services = compose()["services"]
+    mounted = [(name, source) for name, service in services.items() for source, _ in bind_mounts(service)]
+    assert len(mounted) >= 8
+    missing = [(name, source) for name, source in mounted if not (REPO / source).exists()]
+    assert missing == [], f"bind-mounted paths not in the repository (run `make generate`?): {missing}"
+    for name, service in services.items():
+        if "build" in service:
+            dockerfile = REPO / service["build"]["context"] / service["build"]["dockerfile"]
+            assert dockerfile.is_file(), f"{name}: {dockerfile}"
+
+
+def test_the_dockerfile_copies_only_what_exists_and_installs_every_package() -> None:
+    dockerfile = (REPO / "deploy" / "Dockerfile").read_text()
+    copied = [line.split()[1:-1] for line in dockerfile.splitlines() if line.startswith("COPY ")]
+    sources = [source for sources in copied for source in sources]
+    assert [s for s in sources if not (REPO / s).exists()] == []
+    pyproject = (REPO / "pyproject.toml").read_text()
+    packages = re.search(r'include = \[([^]]*)\]', pyproject).group(1)
+    for package in re.findall(r'"(\w+)\*"', packages):
+        assert package in sources, f"the image misses the {package} package"
+
+
+def test_published_ports_do_not_clash_and_are_the_guides() -> None:
+    services = compose()["services"]
+    published = [str(port).split(":")[0] for service in services.values()
+                 for port in service.get("ports", [])]
+    assert len(published) == len(set(published)), published
+    guide_ports = {url.rsplit(":", 1)[1].split("/")[0] for url in DEFAULT_SERVICES.values()}
+    assert guide_ports <= set(published)
+    assert {"9847", "9090", "9093", "3000"} <= set(published)
+
+
+def test_the_treewatch_containers_config_is_valid_and_points_inside_the_stack() -> None:
+    services = compose()["services"]
+    for name in ("exporter", "simulator"):
+        service = services[name]
+        environment = service["environment"]
+        assert set(environment) <= set(ENV_OVERRIDES), f"{name}: unknown TREEWATCH_* variable"
+        (config_file,) = [source for source, target in bind_mounts(service) if target.endswith(".yaml")]
+        config = load_config(REPO / config_file, environ={k: str(v) for k, v in environment.items()})
+        assert config.kafka.bootstrap_servers == "redpanda:9092"
+        for service_config in config.services:
+            assert service_config.url.startswith("http://simulator:"), service_config
+    exporter_config = load_config(REPO / bind_mounts(services["exporter"])[0][0],
+                                  environ={k: str(v) for k, v in services["exporter"]["environment"].items()})
+    host, port = exporter_config.exporter.listen_host_port
+    assert (host, f"{port}:{port}") == ("0.0.0.0", services["exporter"]["ports"][0])
+
+
+def test_prometheus_config_scrapes_the_exporter_and_loads_the_mounted_rules(tmp_path: Path) -> None:
+    services = compose()["services"]
+    mounts = dict((target, source) for source, target in bind_mounts(services["prometheus"]))
+    config_path = REPO / mounts["/etc/prometheus/prometheus.yml"]
+    result = subprocess.run(["promtool", "check", "config", "--syntax-only", str(config_path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    config = yaml.safe_load(config_path.read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    exporter_port = services["exporter"]["ports"][0].split(":")[1]
+    assert jobs["treewatch"]["static_configs"][0]["targets"] == [f"exporter:{exporter_port}"]
+    assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["alertmanager:9093"]
+    for rule_file in config["rule_files"]:
+        folder, name = rule_file.rsplit("/", 1)
+        assert (REPO / mounts[folder] / name).is_file(), f"{rule_file} is not in the mounted {mounts[folder]}"
+
+    # With the container paths mapped back to the repository, the whole config (rules included)
+    # passes the full check, not only the syntax one.
+    local = dict(config, rule_files=[str(REPO / mounts[f.rsplit("/", 1)[0]] / f.rsplit("/", 1)[1])
+                                     for f in config["rule_files"]])
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(local))
+    result = subprocess.run(["promtool", "check", "config", str(tmp_path / "prometheus.yml")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_alertmanager_and_grafana_mounts_match_the_paths_their_configs_name() -> None:
+    services = compose()["services"]
+    alertmanager = {target: source for source, target in bind_mounts(services["alertmanager"])}
+    config_arg = next(a for a in services["alertmanager"]["command"] if a.startswith("--config.file="))
+    config_file = config_arg.split("=", 1)[1]
+    folder, name = config_file.rsplit("/", 1)
+    generated = yaml.safe_load((REPO / alertmanager[folder] / name).read_text())
+    assert generated["global"]["slack_api_url_file"] in alertmanager
+    for template in generated.get("templates", []):
+        assert (REPO / alertmanager[folder] / template).is_file()
+
+    grafana = {target: source for source, target in bind_mounts(services["grafana"])}
+    provisioning = REPO / grafana["/etc/grafana/provisioning"]
+    providers = yaml.safe_load((provisioning / "dashboards" / "treewatch.yml").read_text())["providers"]
+    dashboards_path = providers[0]["options"]["path"]
+    assert dashboards_path in grafana
+    dashboards = list((REPO / grafana[dashboards_path]).glob("*.json"))
+    assert dashboards and all(json.loads(d.read_text())["title"] for d in dashboards)
+
+
+def test_alertmanager_config_as_mounted_passes_amtool(tmp_path: Path) -> None:
+    services = compose()["services"]
+    mounts = {target: source for source, target in bind_mounts(services["alertmanager"])}
+    # Recreate the container's layout so every path the config names resolves as it would there.
+    generated = yaml.safe_load((REPO / mounts["/etc/alertmanager/config"] / "alertmanager.yml").read_text())
+    secret = tmp_path / "slack-api-url"
+    shutil.copy(REPO / mounts[generated["global"]["slack_api_url_file"]], secret)
+    generated["global"]["slack_api_url_file"] = str(secret)
+    for template in generated.get("templates", []):
+        shutil.copy(REPO / mounts["/etc/alertmanager/config"] / template, tmp_path / template)
+    (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump(generated))
+    result = subprocess.run(["amtool", "check-config", str(tmp_path / "alertmanager.yml")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- treewatch.example.yaml ------------------------------------------------------------------------
+
+def test_the_example_config_validates_and_states_exactly_the_defaults() -> None:
+    example = load_config(REPO / "treewatch.example.yaml", environ={})
+    assert dataclasses.replace(example, source="<defaults>") == load_config(None, environ={})
+
+
+def test_the_example_config_shows_every_field_of_the_schema() -> None:
+    text = (REPO / "treewatch.example.yaml").read_text()
+    root = schema()
+
+    def fields(node: dict[str, Any]) -> set[str]:
+        if "$ref" in node:
+            node = root["$defs"][node["$ref"].rsplit("/", 1)[1]]
+        names = set()
+        for name, child in node.get("properties", {}).items():
+            names.add(name)
+            names |= fields(child)
+        if isinstance(node.get("additionalProperties"), dict):
+            names |= fields(node["additionalProperties"])
+        return names
+
+    # Shown means set, or in a comment for the sections that change behaviour when merely present.
+    missing = sorted(name for name in fields(root)
+                     if not re.search(rf"^\s*#.*\b{re.escape(name)}:|^\s*{re.escape(name)}:", text, re.M))
+    assert missing == []
+

@@ -1,0 +1,349 @@
+"""The simulator against a real broker: a project flows through the three stages as real
+consumer groups, failures land in the DLQ, a paused stage builds lag, the health endpoints
+answer. Every test module run gets its own topics (its own env prefix) and groups."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from confluent_kafka import OFFSET_BEGINNING, ConsumerGroupTopicPartitions, KafkaError, TopicPartition
+
+from devkafka import free_port
+from pipeline.config import DEFAULT_SERVICES, DEFAULT_STAGES, Config, KafkaSettings, load_config, parse_config
+from pipeline.kafka import admin_client, reader
+from simulator import (
+    ERROR_TYPES,
+    INVALID_EVENT,
+    HealthEndpoints,
+    Project,
+    Simulator,
+    SimulatorSettings,
+)
+from simulator.stages import FILE_COUNT_FIELD
+
+
+def unique_config_data(bootstrap_servers: str) -> dict[str, Any]:
+    """The guide's pipeline with its own topics, groups and service ports."""
+    suffix = uuid.uuid4().hex[:10]
+    return {
+        "env": f"simtest-{suffix}",
+        "kafka": {"bootstrap_servers": bootstrap_servers},
+        "stages": {name: {"group": f"{stage['group']}-{suffix}"} for name, stage in DEFAULT_STAGES.items()},
+        "services": {name: {"url": f"http://127.0.0.1:{free_port()}/health"} for name in DEFAULT_SERVICES},
+    }
+
+
+def unique_config(bootstrap_servers: str) -> Config:
+    return parse_config(unique_config_data(bootstrap_servers), source="test_simulator", environ={})
+
+
+@pytest.fixture(scope="module")
+def simulator(kafka) -> Iterator[Simulator]:
+    with Simulator(unique_config(kafka.bootstrap_servers), SimulatorSettings(partitions=3, seed=7)) as sim:
+        sim.wait_assigned(timeout=60)
+        yield sim
+
+
+# -- reading back what the stages wrote ------------------------------------------------------------
+
+def read_topics(settings: KafkaSettings, topics: list[str], timeout: float = 30.0) -> dict[str, list[Any]]:
+    """Every record of each topic from its beginning to its end, JSON-decoded where possible."""
+    # A short fetch wait: an empty partition reports its end after this long.
+    consumer = reader(settings, **{"fetch.wait.max.ms": 20})
+    try:
+        metadata = consumer.list_topics(timeout=10).topics
+        partitions = [TopicPartition(t, p, OFFSET_BEGINNING) for t in topics for p in metadata[t].partitions]
+        consumer.assign(partitions)
+        pending = {(tp.topic, tp.partition) for tp in partitions}
+        values: dict[str, list[Any]] = {topic: [] for topic in topics}
+        deadline = time.monotonic() + timeout
+        while pending:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no end of partitions {sorted(pending)} within {timeout}s")
+            message = consumer.poll(0.2)
+            if message is None:
+                continue
+            if message.error() is not None:
+                if message.error().code() != KafkaError._PARTITION_EOF:
+                    raise RuntimeError(f"{message.topic()}: {message.error()}")
+                pending.discard((message.topic(), message.partition()))
+                continue
+            try:
+                values[message.topic()].append(json.loads(message.value()))
+            except ValueError:
+                values[message.topic()].append(message.value())
+        return values
+    finally:
+        consumer.close()
+
+
+def read_topic(settings: KafkaSettings, topic: str) -> list[Any]:
+    return read_topics(settings, [topic])[topic]
+
+
+def of_project(events: list[Any], project: Project) -> list[dict]:
+    # An envelope keeps the id in payload; a dead letter keeps it at its top level.
+    def correlation(event: dict) -> str | None:
+        return (event.get("payload") or {}).get("correlation_id", event.get("correlation_id"))
+
+    return [e for e in events if isinstance(e, dict) and correlation(e) == project.correlation_id]
+
+
+def stage_events(sim: Simulator, stage: str, role: str, project: Project) -> list[dict]:
+    return of_project(read_topic(sim.config.kafka, sim.config.stage(stage).topics[role]), project)
+
+
+def committed_and_end(sim: Simulator, stage: str) -> tuple[int, int]:
+    """(sum of the group's committed offsets, sum of high watermarks) over the request topic."""
+    config = sim.config.stage(stage)
+    admin = admin_client(sim.config.kafka)
+    listed = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(config.group)])
+    committed = listed[config.group].result(timeout=30).topic_partitions
+    consumer = reader(sim.config.kafka)
+    topic = config.request_topic
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        end = sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions)
+    finally:
+        consumer.close()
+    return sum(tp.offset for tp in committed if tp.topic == config.request_topic and tp.offset >= 0), end
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.3)
+
+
+# -- the tests -------------------------------------------------------------------------------------
+
+def test_a_project_flows_through_all_three_stages_and_failures_land_in_the_dlq(simulator: Simulator) -> None:
+    project = Project.synthetic(files=12, name=f"flow-{uuid.uuid4().hex[:6]}")
+    failing = {project.file_paths[2]: "FILE_NOT_FOUND", project.file_paths[7]: "ENCODING_ERROR"}
+    simulator.configure("stamp", fail_files=failing)
+    try:
+        simulator.publish(project)
+        wait_for(lambda: len(stage_events(simulator, "index", "completed", project)) == 10
+                 and len(stage_events(simulator, "stamp", "dlq", project)) == 2,
+                 "10 indexed files and 2 dead letters")
+        for stage in ("discover", "stamp", "index"):
+            wait_for(lambda s=stage: committed_and_end(simulator, s)[0] == committed_and_end(simulator, s)[1],
+                     f"the {stage} group to commit everything it read")
+    finally:
+        simulator.configure("stamp", fail_files={})
+
+    discovered = stage_events(simulator, "discover", "completed", project)
+    assert [e["payload"]["files_discovered"] for e in discovered] == [12]
+    assert stage_events(simulator, "discover", "failed", project) == []
+    stamp_requests = stage_events(simulator, "stamp", "request", project)
+    assert sorted(e["payload"]["file_path"] for e in stamp_requests) == sorted(project.file_paths)
+    succeeded = sorted(set(project.file_paths) - set(failing))
+    assert sorted(e["payload"]["file_path"] for e in stage_events(simulator, "stamp", "completed", project)) \
+        == succeeded
+    failed = stage_events(simulator, "stamp", "failed", project)
+    assert {e["payload"]["file_path"]: e["payload"]["error_type"] for e in failed} == failing
+    assert sorted(e["payload"]["file_path"] for e in stage_events(simulator, "index", "request", project)) \
+        == succeeded
+    assert sorted(e["payload"]["file_path"] for e in stage_events(simulator, "index", "completed", project)) \
+        == succeeded
+    assert stage_events(simulator, "index", "failed", project) == []
+
+    letters = stage_events(simulator, "stamp", "dlq", project)
+    stamp = simulator.config.stage("stamp")
+    assert {x["original_payload"]["payload"]["file_path"]: x["error_type"] for x in letters} == failing
+    for letter in letters:
+        assert letter["original_topic"] == stamp.request_topic
+        assert letter["original_payload"]["payload"]["correlation_id"] == project.correlation_id
+        assert letter["error_message"]
+    not_found = next(x for x in letters if x["error_type"] == "FILE_NOT_FOUND")
+    assert project.file_paths[2] in not_found["error_message"]
+
+    # Every event on every pipeline topic names its correlation id where the guide's jq looks.
+    topics = [s.topics[role] for s in simulator.config.stages for role in ("request", "completed", "failed")]
+    for topic, events in read_topics(simulator.config.kafka, topics).items():
+        for event in events:
+            assert isinstance(event["payload"]["correlation_id"], str), (topic, event)
+
+
+def test_the_stages_are_real_consumer_groups_with_committed_offsets(simulator: Simulator) -> None:
+    project = simulator.publish_project(files=3)
+    wait_for(lambda: len(stage_events(simulator, "index", "completed", project)) == 3, "3 indexed files")
+    admin = admin_client(simulator.config.kafka)
+    groups = [simulator.config.stage(name).group for name in ("discover", "stamp", "index")]
+    described = {g: f.result(timeout=30) for g, f in admin.describe_consumer_groups(groups).items()}
+    for group, description in described.items():
+        assert len(description.members) == 1, group
+        assigned = {tp.topic for member in description.members for tp in member.assignment.topic_partitions}
+        assert assigned == {s.request_topic for s in simulator.config.stages if s.group == group}
+    for stage in ("discover", "stamp", "index"):
+        wait_for(lambda s=stage: committed_and_end(simulator, s)[0] == committed_and_end(simulator, s)[1] > 0,
+                 f"the {stage} group's committed offsets to reach the end of its request topic")
+
+
+def test_a_paused_stage_builds_lag_and_drains_it_when_resumed(simulator: Simulator) -> None:
+    wait_for(lambda: committed_and_end(simulator, "index")[0] == committed_and_end(simulator, "index")[1],
+             "no lag on the index group before the test")
+    simulator.pause("index")
+    try:
+        project = simulator.publish_project(files=8)
+        wait_for(lambda: len(stage_events(simulator, "index", "request", project)) == 8, "8 index requests")
+        committed, end = committed_and_end(simulator, "index")
+        assert end - committed == 8
+        assert stage_events(simulator, "index", "completed", project) == []
+        # A paused consumer is still a member of its group: stalled, not gone.
+        group = simulator.config.stage("index").group
+        admin = admin_client(simulator.config.kafka)  # kept referenced: its futures die with it
+        description = admin.describe_consumer_groups([group])[group].result(30)
+        assert len(description.members) == 1
+    finally:
+        simulator.resume("index")
+    wait_for(lambda: len(stage_events(simulator, "index", "completed", project)) == 8, "the 8 files indexed")
+    wait_for(lambda: committed_and_end(simulator, "index")[0] == committed_and_end(simulator, "index")[1],
+             "the index group's lag back to 0")
+
+
+def test_an_error_rate_fails_that_share_of_requests_with_the_guides_error_types(simulator: Simulator) -> None:
+    simulator.configure("index", error_rate=1.0)
+    try:
+        project = simulator.publish_project(files=5)
+        wait_for(lambda: len(stage_events(simulator, "index", "dlq", project)) == 5, "5 dead letters")
+    finally:
+        simulator.configure("index", error_rate=0.0)
+    assert len(stage_events(simulator, "index", "failed", project)) == 5
+    assert stage_events(simulator, "index", "completed", project) == []
+    assert {x["error_type"] for x in stage_events(simulator, "index", "dlq", project)} <= set(ERROR_TYPES)
+
+
+def test_an_unreadable_request_is_dead_lettered_and_the_stage_keeps_going(simulator: Simulator) -> None:
+    from pipeline.kafka import producer
+
+    discover = simulator.config.stage("discover")
+    marker = f"not json {uuid.uuid4()}"
+    bare = {"project_path": "/projects/typed-by-hand", "correlation_id": str(uuid.uuid4()),
+            FILE_COUNT_FIELD: 2}
+    writer = producer(simulator.config.kafka)
+    writer.produce(discover.request_topic, marker.encode())
+    # The guide's hand-typed request is a bare object, not an envelope: still a valid request.
+    writer.produce(discover.request_topic, json.dumps(bare).encode())
+    assert writer.flush(30) == 0
+
+    def dead_letter() -> dict | None:
+        letters = read_topic(simulator.config.kafka, discover.dlq_topic)
+        return next((x for x in letters if x.get("original_payload") == marker), None)
+
+    wait_for(lambda: dead_letter() is not None, "the unreadable request in the discover DLQ")
+    letter = dead_letter()
+    assert letter["error_type"] == INVALID_EVENT
+    assert letter["original_topic"] == discover.request_topic
+    typed = Project(bare["correlation_id"], "typed-by-hand", bare["project_path"], 2)
+    wait_for(lambda: len(stage_events(simulator, "index", "completed", typed)) == 2,
+             "the hand-typed project's 2 files indexed after the bad record")
+    assert simulator.failed_workers() == {}
+
+
+def test_health_endpoints_answer_with_the_status_set(simulator: Simulator) -> None:
+    urls = {s.name: s.url for s in simulator.config.services}
+    assert set(urls) == {"intelligence", "bridge", "onextree", "metadata-stamping"}
+    for name, url in urls.items():
+        response = httpx.get(url, timeout=5)
+        assert response.status_code == 200
+        assert response.json()["status"] == "healthy" and response.json()["service"] == name
+    try:
+        simulator.set_health("metadata-stamping", "degraded")
+        simulator.set_health("intelligence", "unhealthy")
+        degraded = httpx.get(urls["metadata-stamping"], timeout=5)
+        assert (degraded.status_code, degraded.json()["status"]) == (200, "degraded")
+        unhealthy = httpx.get(urls["intelligence"], timeout=5)
+        assert (unhealthy.status_code, unhealthy.json()["status"]) == (503, "unhealthy")
+        assert httpx.get(urls["bridge"], timeout=5).json()["status"] == "healthy"
+    finally:
+        simulator.set_health("metadata-stamping", "healthy")
+        simulator.set_health("intelligence", "healthy")
+    assert httpx.get(urls["intelligence"], timeout=5).status_code == 200
+    with pytest.raises(ValueError, match="status must be one of"):
+        simulator.set_health("bridge", "sleepy")
+    with pytest.raises(KeyError, match="no simulated service"):
+        simulator.set_health("qdrant", "healthy")
+
+
+def test_health_endpoints_serve_the_urls_path_and_refuse_a_taken_port() -> None:
+    port = free_port()
+    services = parse_config({"services": {"onextree": {"url": f"http://127.0.0.1:{port}/api/health"}}},
+                            source="test", environ={}).services
+    with HealthEndpoints(services) as health:
+        assert httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=5).json()["service"] == "onextree"
+        assert httpx.get(f"http://127.0.0.1:{port}/other", timeout=5).status_code == 404
+        with pytest.raises(OSError, match="cannot serve onextree's health on 127.0.0.1"):
+            HealthEndpoints(services).start()
+        assert health.statuses() == {"onextree": "healthy"}
+
+
+def test_stopping_leaves_no_thread_behind(kafka) -> None:
+    before = set(threading.enumerate())
+    with Simulator(unique_config(kafka.bootstrap_servers)) as sim:
+        sim.wait_assigned(timeout=60)
+        started = [t.name for t in set(threading.enumerate()) - before]
+        assert sum(name.startswith("simulator-") for name in started) == 3 + 4
+    leftover = [t.name for t in set(threading.enumerate()) - before if t.is_alive()]
+    assert leftover == []
+
+
+# -- the command -----------------------------------------------------------------------------------
+
+def test_the_simulate_command_runs_the_pipeline_until_sigterm(kafka, tmp_path: Path) -> None:
+    config_file = tmp_path / "treewatch.yaml"
+    config_file.write_text(yaml.safe_dump(unique_config_data(kafka.bootstrap_servers)))
+    config = load_config(config_file, environ={})
+    index_completed = config.stage("index").completed_topic
+    process = subprocess.Popen(
+        [sys.executable, "-m", "treewatch", "simulate", "--config", str(config_file), "--files", "5",
+         "--project-interval", "0", "--error-rate", "0", "--delay", "index=0.01"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        def indexed() -> int:
+            try:
+                return len(read_topic(config.kafka, index_completed))
+            except KeyError:  # the simulator has not created the topics yet
+                return 0
+
+        wait_for(lambda: indexed() == 5 or process.poll() is not None, "the project's 5 files indexed")
+        assert process.poll() is None, process.stdout.read()
+        health = httpx.get(config.services[0].url, timeout=5)
+        assert health.json() == {**health.json(), "status": "healthy", "service": config.services[0].name}
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, output
+    assert "published project" in output and "stopped" in output
+    with pytest.raises(httpx.TransportError):
+        httpx.get(config.services[0].url, timeout=2)
+
+
+def test_the_simulate_command_says_which_kafka_it_could_not_reach(tmp_path: Path) -> None:
+    nowhere = f"127.0.0.1:{free_port()}"
+    config_file = tmp_path / "treewatch.yaml"
+    kafka = {"bootstrap_servers": nowhere, "request_timeout_seconds": 0.5}
+    config_file.write_text(yaml.safe_dump({"kafka": kafka, "services": {}}))
+    result = subprocess.run([sys.executable, "-m", "treewatch", "simulate", "--config", str(config_file)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert f"treewatch simulate: cannot create the pipeline's topics on {nowhere}" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,344 @@
+"""Dead letter queues: inspect one stage's DLQ, and replay its dead letters to their original topic.
+
+Replay is exactly-once against Kafka itself. A dedicated consumer group per stage
+(``treewatch-dlq-replay-<dlq topic>``) holds, per DLQ partition, the offset up to which the DLQ has
+been handled; each batch of republished records and the group's new offsets are committed in one
+Kafka transaction. A crash before the commit leaves neither (the records are aborted, invisible to
+read_committed consumers, and the offsets unchanged, so the next run does the batch again); after
+it, both. A second run starts where the first ended and replays nothing twice. The producer's
+transactional id is fixed per DLQ, so a second replay started concurrently fences the first.
+
+Which dead letters are handled, per DLQ partition, in offset order from the group's offset:
+
+- matching the filters (``--correlation-id``, ``--error-type``): republished, handled;
+- ``--discard-error-type`` types (e.g. FILE_NOT_FOUND, which replaying cannot fix): handled
+  without republishing, counted;
+- malformed (not a JSON object, no ``original_topic``, no ``original_payload``): can never be
+  replayed; reported with their offsets and handled, so they do not block the queue;
+- anything else stops that partition: the contiguous prefix before it is handled, it and
+  everything after it stay for a later run (with other filters). Only a prefix is ever marked
+  handled, so no dead letter is passed over without the operator having asked for it.
+
+``--limit`` bounds the records republished in one run; the rest stay for the next run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+
+from pipeline.config import Config, Stage
+from pipeline.events import UNPARSEABLE, DeadLetter, parse_dead_letter
+from pipeline.kafka import (
+    Partition,
+    admin_client,
+    fetch_watermarks,
+    iter_records,
+    producer,
+    read_records,
+    reader,
+    record_timestamp_seconds,
+    topic_partitions,
+)
+from tools import ToolError
+
+REPLAYED_FROM_HEADER = "treewatch-replayed-from"
+# Records republished per transaction: bounds what a crash makes the next run redo.
+TRANSACTION_BATCH = 500
+
+
+class DlqToolError(ToolError):
+    """A request the tool cannot carry out, phrased for the operator."""
+
+
+def replay_group(stage: Stage) -> str:
+    """The replay's consumer group and transactional id: named after the DLQ topic, so two
+    environments (dev., prod.) sharing a cluster never share or fence each other's replay."""
+    return f"treewatch-dlq-replay-{stage.dlq_topic}"
+
+
+def _malformed_reason(letter: DeadLetter) -> str | None:
+    if letter.error_type == UNPARSEABLE:
+        return "not a JSON object"
+    if not letter.original_topic:
+        return "no original_topic"
+    if letter.original_payload is None:
+        return "no original_payload"
+    return None
+
+
+def _dlq_partitions(config: Config, stage: Stage) -> tuple[list[Partition], Any]:
+    timeout = config.kafka.request_timeout_seconds
+    admin = admin_client(config.kafka)
+    partitions = topic_partitions(admin, [stage.dlq_topic], timeout).get(stage.dlq_topic)
+    if not partitions:
+        raise DlqToolError(f"DLQ topic {stage.dlq_topic!r} of stage {stage.name!r} does not exist")
+    keys = [(stage.dlq_topic, p) for p in partitions]
+    watermarks = fetch_watermarks(admin, keys, timeout)
+    if watermarks.errors:
+        raise DlqToolError(f"cannot read the offsets of {stage.dlq_topic}: "
+                           f"{next(iter(watermarks.errors.values()))}")
+    return keys, watermarks
+
+
+# -- inspect ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DlqSample:
+    partition: int
+    offset: int
+    timestamp: float | None
+    error_type: str
+    correlation_id: str | None
+    error_message: str | None
+    original_topic: str | None
+
+
+@dataclass(frozen=True)
+class DlqInspection:
+    stage: str
+    topic: str
+    retained: int  # high watermark − log start over all partitions
+    read: int
+    by_error_type: dict[str, int]
+    malformed: int
+    samples: tuple[DlqSample, ...]
+    complete: bool
+
+
+def inspect_dlq(config: Config, stage_name: str, limit: int | None = None, samples_per_type: int = 3,
+                timeout_seconds: float = 120.0) -> DlqInspection:
+    """Counts by error type of the retained dead letters (the first ``limit`` if given), a few samples
+    of each type; malformed ones are counted under their own type ("unparseable") and in ``malformed``."""
+    stage = config.stage(stage_name)
+    keys, watermarks = _dlq_partitions(config, stage)
+    deadline = time.monotonic() + timeout_seconds
+    counts: Counter[str] = Counter()
+    samples: list[DlqSample] = []
+    malformed = read = 0
+    consumer = reader(config.kafka)
+    try:
+        for record in iter_records(consumer, watermarks.low, watermarks.high, deadline=deadline):
+            if limit is not None and read >= limit:
+                break
+            read += 1
+            letter = parse_dead_letter(record.value())
+            counts[letter.error_type] += 1
+            malformed += _malformed_reason(letter) is not None
+            if counts[letter.error_type] <= samples_per_type:
+                samples.append(DlqSample(record.partition(), record.offset(), record_timestamp_seconds(record),
+                                         letter.error_type, letter.correlation_id, letter.error_message,
+                                         letter.original_topic))
+    finally:
+        consumer.close()
+    retained = sum(watermarks.high[k] - watermarks.low[k] for k in keys)
+    complete = (limit is not None and read >= limit) or time.monotonic() < deadline
+    return DlqInspection(stage.name, stage.dlq_topic, retained, read, dict(counts.most_common()), malformed,
+                         tuple(samples), complete)
+
+
+# -- replay ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReplayFilter:
+    correlation_id: str | None = None
+    error_type: str | None = None
+    discard_error_types: frozenset[str] = frozenset()
+
+    def matches(self, letter: DeadLetter) -> bool:
+        return ((self.correlation_id is None or letter.correlation_id == self.correlation_id)
+                and (self.error_type is None or letter.error_type == self.error_type))
+
+
+@dataclass(frozen=True)
+class Skipped:
+    partition: int
+    offset: int
+    reason: str
+
+
+@dataclass
+class ReplayReport:
+    stage: str
+    dlq_topic: str
+    group: str
+    dry_run: bool
+    replayed: Counter = field(default_factory=Counter)  # original topic → records republished
+    discarded: Counter = field(default_factory=Counter)  # error type → records handled unreplayed
+    malformed: list[Skipped] = field(default_factory=list)
+    stopped: list[Skipped] = field(default_factory=list)  # first record left, per partition
+    limit_reached: bool = False
+    start: dict[int, int] = field(default_factory=dict)  # partition → offset the run started at
+    end: dict[int, int] = field(default_factory=dict)  # partition → offset handled up to (exclusive)
+    high_watermark: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def replayed_total(self) -> int:
+        return sum(self.replayed.values())
+
+    @property
+    def left(self) -> int:
+        """Offsets between where this run stopped and the high watermark it read up to."""
+        return sum(max(0, self.high_watermark[p] - self.end.get(p, self.start[p])) for p in self.high_watermark)
+
+
+@dataclass(frozen=True)
+class _Decision:
+    record: Message
+    action: str  # replay | discard | malformed | stop
+    letter: DeadLetter
+    reason: str = ""
+
+
+def replay_dlq(config: Config, stage_name: str, replay_filter: ReplayFilter, *, limit: int | None = None,
+               dry_run: bool, timeout_seconds: float = 300.0) -> ReplayReport:
+    """Republish the stage's matching dead letters once (see the module's docstring for the rules);
+    ``dry_run`` decides the same way and changes nothing."""
+    stage = config.stage(stage_name)
+    group = replay_group(stage)
+    keys, watermarks = _dlq_partitions(config, stage)
+    timeout = config.kafka.request_timeout_seconds
+    existing_topics = set(topic_partitions(admin_client(config.kafka), config.pipeline_topics, timeout))
+    report = ReplayReport(stage.name, stage.dlq_topic, group, dry_run)
+    deadline = time.monotonic() + timeout_seconds
+    consumer = reader(config.kafka, **{"group.id": group, "isolation.level": "read_committed"})
+    txn_producer: Producer | None = None
+    try:
+        if not dry_run:
+            # First: starting the transactional producer fences a replay still running and aborts
+            # the open transaction of one that crashed, whose pending offsets would otherwise
+            # keep the committed offsets below from being read.
+            txn_producer = producer(config.kafka, **{"transactional.id": group})
+            txn_producer.init_transactions(timeout)
+        positions = _replay_positions(consumer, keys, watermarks.low, timeout)
+        report.start = {p: positions[(t, p)] for t, p in keys}
+        report.high_watermark = {p: watermarks.high[(t, p)] for t, p in keys}
+        open_partitions = {key for key in keys if positions[key] < watermarks.high[key]}
+        while open_partitions and not report.limit_reached:
+            if time.monotonic() >= deadline:
+                raise DlqToolError(f"replay took longer than {timeout_seconds:g}s; what was committed stays "
+                                   f"replayed, run again to continue")
+            batch = read_records(consumer, {k: positions[k] for k in open_partitions}, watermarks.high,
+                                 deadline=deadline, max_records=TRANSACTION_BATCH)
+            decisions = _decide(batch, replay_filter, existing_topics, open_partitions, report, limit)
+            if not decisions:
+                break
+            advanced = _handled_positions(decisions)
+            if txn_producer is not None:
+                _commit_batch(txn_producer, consumer, stage, decisions, advanced, timeout)
+            positions.update(advanced)
+            _record(report, decisions)
+            stopped = {(d.record.topic(), d.record.partition()) for d in decisions if d.action == "stop"}
+            open_partitions = {k for k in open_partitions - stopped if positions[k] < watermarks.high[k]}
+        report.end = {p: positions[(t, p)] for t, p in keys}
+    finally:
+        consumer.close()
+    return report
+
+
+def _replay_positions(consumer: Consumer, keys: list[Partition], log_start: dict[Partition, int],
+                      timeout: float) -> dict[Partition, int]:
+    """Where the replay group is in each DLQ partition: its committed offset, or the log start when it
+    has none or retention removed the records since."""
+    try:
+        committed = consumer.committed([TopicPartition(t, p) for t, p in keys], timeout=timeout)
+    except KafkaException as error:
+        raise DlqToolError(f"cannot read the replay group's offsets ({error.args[0].str()}): a replay "
+                           f"transaction may still be open (another replay running, or one that crashed; "
+                           f"a run with --confirm aborts a crashed one)") from error
+    positions = {}
+    for tp in committed:
+        if tp.error is not None:
+            raise KafkaException(tp.error)
+        key = (tp.topic, tp.partition)
+        positions[key] = max(tp.offset, log_start[key]) if tp.offset >= 0 else log_start[key]
+    return positions
+
+
+def _decide(batch: list[Message], replay_filter: ReplayFilter, existing_topics: set[str],
+            open_partitions: set[Partition], report: ReplayReport, limit: int | None) -> list[_Decision]:
+    """The batch's records up to each partition's first stop, and up to the limit of replays."""
+    decisions: list[_Decision] = []
+    replays = report.replayed_total
+    for record in batch:
+        key = (record.topic(), record.partition())
+        if key not in open_partitions:
+            continue  # this partition stopped earlier in the batch
+        letter = parse_dead_letter(record.value())
+        reason = _malformed_reason(letter)
+        if reason is not None:
+            decisions.append(_Decision(record, "malformed", letter, reason))
+        elif letter.error_type in replay_filter.discard_error_types:
+            decisions.append(_Decision(record, "discard", letter))
+        elif not replay_filter.matches(letter):
+            decisions.append(_Decision(record, "stop", letter, f"{letter.error_type} "
+                                       f"(correlation id {letter.correlation_id}) does not match the filters"))
+            open_partitions = open_partitions - {key}
+        elif letter.original_topic not in existing_topics:
+            decisions.append(_Decision(record, "stop", letter, f"original topic {letter.original_topic!r} is not "
+                                       f"an existing topic of the configured stages"))
+            open_partitions = open_partitions - {key}
+        elif limit is not None and replays >= limit:
+            report.limit_reached = True
+            break
+        else:
+            decisions.append(_Decision(record, "replay", letter))
+            replays += 1
+    return decisions
+
+
+def _handled_positions(decisions: list[_Decision]) -> dict[Partition, int]:
+    """Per partition, the offset after the last handled record (a stop is not handled)."""
+    return {(d.record.topic(), d.record.partition()): d.record.offset() + 1
+            for d in decisions if d.action != "stop"}
+
+
+def _commit_batch(txn_producer: Producer, consumer: Consumer, stage: Stage, decisions: list[_Decision],
+                  advanced: dict[Partition, int], timeout: float) -> None:
+    txn_producer.begin_transaction()
+    try:
+        for decision in decisions:
+            if decision.action != "replay":
+                continue
+            record = decision.record
+            origin = f"{record.topic()}/{record.partition()}/{record.offset()}"
+            txn_producer.produce(decision.letter.original_topic, value=_encode(decision.letter.original_payload),
+                                 key=record.key(), headers=[(REPLAYED_FROM_HEADER, origin.encode())])
+            txn_producer.poll(0)
+        if advanced:
+            offsets = [TopicPartition(topic, partition, offset) for (topic, partition), offset in advanced.items()]
+            txn_producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), timeout)
+        txn_producer.commit_transaction(timeout)
+    except BaseException:
+        # Neither the records nor the offsets of this batch become visible; the next run redoes it.
+        # An abort that fails too (a fenced producer) changes nothing: the coordinator aborts an
+        # unfinished transaction itself, at its timeout or when the next run's producer starts.
+        with contextlib.suppress(KafkaException):
+            txn_producer.abort_transaction(timeout)
+        raise
+
+
+def _encode(payload: Any) -> bytes:
+    """The original event's bytes: a payload kept as a JSON string is sent as that string's text."""
+    return payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
+
+
+def _record(report: ReplayReport, decisions: list[_Decision]) -> None:
+    for decision in decisions:
+        record = decision.record
+        if decision.action == "replay":
+            report.replayed[decision.letter.original_topic] += 1
+        elif decision.action == "discard":
+            report.discarded[decision.letter.error_type] += 1
+        elif decision.action == "malformed":
+            report.malformed.append(Skipped(record.partition(), record.offset(), decision.reason))
+        else:
+            report.stopped.append(Skipped(record.partition(), record.offset(), decision.reason))

@@ -1,0 +1,132 @@
+"""The guide's quick status check: services' health, the Kafka cluster, lag per stage group and
+dead letters retained per stage, each read from the source of truth (health endpoints, cluster
+metadata, committed offsets against high watermarks, DLQ watermarks).
+
+Every part is gathered even when another fails, so one down broker or service never hides the
+rest; ``Status.problems`` lists what makes the pipeline unhealthy (the command's exit code).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline import health
+from pipeline.config import Config
+from pipeline.kafka import admin_client, fetch_watermarks, result_of, topic_partitions
+from tools.groups import describe_group
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    cluster_id: str | None
+    controller_id: int | None
+    brokers: tuple[str, ...]  # "id host:port"
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class GroupLag:
+    stage: str
+    group: str
+    state: str | None
+    members: int
+    lag: int | None  # summed over the partitions with a committed offset
+    partitions_without_commit: int  # partitions of the request topic the group never committed on
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class DlqDepth:
+    stage: str
+    topic: str
+    retained: int | None  # high watermark − log start, summed over partitions
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Status:
+    services: tuple[health.ProbeResult, ...]
+    cluster: ClusterStatus
+    groups: tuple[GroupLag, ...]
+    dlqs: tuple[DlqDepth, ...]
+
+    @property
+    def problems(self) -> list[str]:
+        """What is unhealthy, one line each; empty when all is well. Retained dead letters and lag
+        with consumers at work are warnings (see ``warnings``), not problems."""
+        found = [f"service {s.service}: {s.status if s.success else s.failure_reason} ({s.detail})"
+                 for s in self.services if not (s.success and s.status == health.HEALTHY)]
+        if self.cluster.error:
+            # Groups and DLQs were not read then; the one cause is reported once.
+            return [*found, f"kafka: {self.cluster.error}"]
+        for g in self.groups:
+            if g.error:
+                found.append(f"group {g.group}: {g.error}")
+            elif g.lag and g.members == 0:
+                found.append(f"group {g.group}: {g.lag} records waiting and no consumer ({g.state})")
+        found += [f"dlq {d.topic}: {d.error}" for d in self.dlqs if d.error]
+        return found
+
+    @property
+    def warnings(self) -> list[str]:
+        return [f"dlq {d.stage}: {d.retained} dead letters retained" for d in self.dlqs if d.retained]
+
+
+def gather_status(config: Config) -> Status:
+    services = tuple(health.probe_all([health.Target(s.name, s.url) for s in config.services],
+                                      timeout_seconds=config.exporter.health_timeout_seconds,
+                                      max_body_bytes=config.exporter.health_max_body_bytes))
+    cluster = _cluster(config)
+    if cluster.error:
+        unreachable = "not read: Kafka unreachable"
+        groups = tuple(GroupLag(s.name, s.group, None, 0, None, 0, unreachable) for s in config.stages)
+        dlqs = tuple(DlqDepth(s.name, s.dlq_topic, None, unreachable) for s in config.stages)
+        return Status(services, cluster, groups, dlqs)
+    return Status(services, cluster, tuple(_group_lag(config, s) for s in config.stages), _dlq_depths(config))
+
+
+def _cluster(config: Config) -> ClusterStatus:
+    timeout = config.kafka.request_timeout_seconds
+    admin = admin_client(config.kafka)  # referenced until the future resolves: a dropped client cancels it
+    try:
+        description = result_of(admin.describe_cluster(request_timeout=timeout), timeout)
+    except Exception as error:  # KafkaException or TimeoutError: the cluster is what is unhealthy
+        return ClusterStatus(None, None, (), f"cluster unreachable: {error}")
+    controller = description.controller.id if description.controller is not None else None
+    brokers = tuple(f"{node.id} {node.host}:{node.port}" for node in sorted(description.nodes, key=lambda n: n.id))
+    return ClusterStatus(description.cluster_id, controller, brokers)
+
+
+def _group_lag(config: Config, stage) -> GroupLag:
+    try:
+        described = describe_group(config, stage.group)
+        partitions = topic_partitions(admin_client(config.kafka), [stage.request_topic],
+                                      config.kafka.request_timeout_seconds).get(stage.request_topic, [])
+    except Exception as error:  # this group only; the others are still read
+        return GroupLag(stage.name, stage.group, None, 0, None, 0, str(error))
+    committed = {(p.topic, p.partition) for p in described.partitions if p.committed is not None}
+    without = sum(1 for p in partitions if (stage.request_topic, p) not in committed)
+    lag = sum(p.lag for p in described.partitions if p.lag is not None) if committed else None
+    return GroupLag(stage.name, stage.group, described.state, len(described.members), lag, without)
+
+
+def _dlq_depths(config: Config) -> tuple[DlqDepth, ...]:
+    timeout = config.kafka.request_timeout_seconds
+    admin = admin_client(config.kafka)
+    try:
+        partitions = topic_partitions(admin, [s.dlq_topic for s in config.stages], timeout)
+        keys = [(topic, p) for topic, ids in partitions.items() for p in ids]
+        watermarks = fetch_watermarks(admin, keys, timeout)
+    except Exception as error:
+        return tuple(DlqDepth(s.name, s.dlq_topic, None, str(error)) for s in config.stages)
+    depths = []
+    for stage in config.stages:
+        keys = [(stage.dlq_topic, p) for p in partitions.get(stage.dlq_topic, [])]
+        if not keys:
+            depths.append(DlqDepth(stage.name, stage.dlq_topic, None, "topic does not exist"))
+        elif any(key in watermarks.errors for key in keys):
+            depths.append(DlqDepth(stage.name, stage.dlq_topic, None, "offsets of some partitions not read"))
+        else:
+            depths.append(DlqDepth(stage.name, stage.dlq_topic,
+                                   sum(watermarks.high[k] - watermarks.low[k] for k in keys)))
+    return tuple(depths)

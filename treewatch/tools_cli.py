@@ -1,0 +1,300 @@
+"""The operator tools' subcommands (status, trace, dlq, groups): argument parsing and output only;
+the work lives in ``tools``. Exit codes: 0 all well, 1 something unhealthy or refused, 2 bad input."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from datetime import UTC, datetime
+
+from pipeline.config import load_config
+
+
+def add_tool_commands(sub: argparse._SubParsersAction) -> None:
+    status = sub.add_parser("status", help="services' health, the Kafka cluster, lag per stage group and "
+                                           "DLQ depth (exit 1 when something is unhealthy)")
+    status.add_argument("--config", help="treewatch.yaml (default: the guide's pipeline on localhost)")
+    status.add_argument("--json", action="store_true", help="print one JSON document")
+    status.set_defaults(run=_guarded(_status))
+
+    trace = sub.add_parser("trace", help="every record of one correlation id across all stage topics, in "
+                                         "time order")
+    trace.add_argument("--config", help="treewatch.yaml (default: the guide's pipeline on localhost)")
+    trace.add_argument("--correlation-id", required=True)
+    trace.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
+                       help="stop reading after this long (default 120; the result then says incomplete)")
+    trace.add_argument("--json", action="store_true", help="print one JSON document")
+    trace.set_defaults(run=_guarded(_trace))
+
+    dlq = sub.add_parser("dlq", help="inspect or replay a stage's dead letter queue")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
+    inspect = dlq_sub.add_parser("inspect", help="dead letters by error type, with samples")
+    inspect.add_argument("--config", help="treewatch.yaml (default: the guide's pipeline on localhost)")
+    inspect.add_argument("--stage", required=True)
+    inspect.add_argument("--limit", type=_positive_int, help="read at most this many dead letters")
+    inspect.add_argument("--json", action="store_true", help="print one JSON document")
+    inspect.set_defaults(run=_guarded(_dlq_inspect))
+
+    replay = dlq_sub.add_parser(
+        "replay", help="republish dead letters' original_payload to their original_topic, once",
+        description="Republishes each handled dead letter exactly once: records and the replay group's "
+                    "offsets (treewatch-dlq-replay-<dlq topic>) are committed in one Kafka transaction, so a "
+                    "crash loses or repeats nothing and a second run does not replay again. Per DLQ "
+                    "partition, in order: matching dead letters are republished, --discard-error-type "
+                    "ones and malformed ones are marked handled without republishing (and reported); the "
+                    "first dead letter that does not match stops that partition, so only a contiguous "
+                    "prefix is ever marked handled.")
+    replay.add_argument("--config", help="treewatch.yaml (default: the guide's pipeline on localhost)")
+    replay.add_argument("--stage", required=True)
+    replay.add_argument("--correlation-id", help="replay only dead letters of this correlation id")
+    replay.add_argument("--error-type", help="replay only dead letters of this error type")
+    replay.add_argument("--discard-error-type", action="append", default=[], metavar="TYPE",
+                        help="mark dead letters of this type handled without republishing, whatever the "
+                             "other filters (e.g. FILE_NOT_FOUND; repeatable)")
+    replay.add_argument("--limit", type=_positive_int, help="republish at most this many in this run")
+    mode = replay.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--dry-run", action="store_true", help="show what would happen; change nothing")
+    mode.add_argument("--confirm", action="store_true", help="republish for real")
+    replay.set_defaults(run=_guarded(_dlq_replay))
+
+    groups = sub.add_parser("groups", help="describe a consumer group or reset its offsets")
+    groups_sub = groups.add_subparsers(dest="groups_command", required=True)
+    describe = groups_sub.add_parser("describe", help="per partition: committed, high watermark, lag, owner")
+    describe.add_argument("--config", help="treewatch.yaml (default: the guide's pipeline on localhost)")
+    describe.add_argument("--group", required=True)
+    describe.add_argument("--json", action="store_true", help="print one JSON document")
+    describe.set_defaults(run=_guarded(_groups_describe))
+
+    reset = groups_sub.add_parser("reset", help="move a group's committed offsets on a topic (dry run unless "
+                                                "--execute)")
+    reset.add_argument("--config", help="treewatch.yaml (default: the guide's pipeline on localhost)")
+    reset.add_argument("--group", required=True)
+    reset.add_argument("--topic", required=True)
+    reset.add_argument("--to", required=True, type=_reset_target, metavar="TARGET",
+                       help="earliest, latest, offset:N (clamped to the retained range) or timestamp:ISO-8601 "
+                            "(UTC when no zone is given)")
+    reset.add_argument("--execute", action="store_true",
+                       help="apply the reset (refused unless the group is Empty or Dead)")
+    reset.set_defaults(run=_guarded(_groups_reset))
+
+
+def _guarded(command):
+    """The command, with the errors a tool reports on purpose (and Kafka's) printed as one line."""
+    from confluent_kafka import KafkaException
+
+    from tools import ToolError
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except (ToolError, KafkaException, TimeoutError) as error:
+            print(f"treewatch {args.command}: {error}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def _reset_target(text: str):
+    from tools.groups import ResetTarget
+
+    try:
+        return ResetTarget.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _time(seconds: float | None) -> str:
+    if seconds is None:
+        return "-" * 23
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _dash(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+def _print_json(document: object) -> None:
+    json.dump(document, sys.stdout, indent=2, default=str)
+    print()
+
+
+def _stage_name(config, name: str) -> str:
+    from pipeline.config import ConfigError
+
+    try:
+        return config.stage(name).name
+    except KeyError as error:
+        raise ConfigError(error.args[0]) from None
+
+
+# -- status ----------------------------------------------------------------------------------------
+
+
+def _status(args: argparse.Namespace) -> int:
+    from tools.status import gather_status
+
+    status = gather_status(load_config(args.config))
+    problems = status.problems
+    if args.json:
+        _print_json({**asdict(status), "problems": problems, "warnings": status.warnings})
+        return 1 if problems else 0
+    print("Services:")
+    for s in status.services:
+        state = s.status if s.success else f"DOWN ({s.failure_reason})"
+        print(f"  {s.service:<20} {state:<28} {s.detail}")
+    print("Kafka:")
+    if status.cluster.error:
+        print(f"  {status.cluster.error}")
+    else:
+        print(f"  cluster {status.cluster.cluster_id}, controller {_dash(status.cluster.controller_id)}, "
+              f"{len(status.cluster.brokers)} broker(s): {', '.join(status.cluster.brokers)}")
+    print("Consumer lag (committed offset to high watermark, summed over partitions):")
+    for g in status.groups:
+        if g.error:
+            print(f"  {g.stage:<10} {g.group:<32} {g.error}")
+            continue
+        uncommitted = f", {g.partitions_without_commit} partition(s) never committed" \
+            if g.partitions_without_commit else ""
+        print(f"  {g.stage:<10} {g.group:<32} lag {_dash(g.lag):>8}  {g.state}, {g.members} member(s){uncommitted}")
+    print("Dead letter queues (records retained):")
+    for d in status.dlqs:
+        print(f"  {d.stage:<10} {d.topic:<50} {d.error or d.retained}")
+    for line in status.warnings:
+        print(f"WARNING: {line}")
+    for line in problems:
+        print(f"UNHEALTHY: {line}")
+    print("status: " + ("UNHEALTHY" if problems else "OK"))
+    return 1 if problems else 0
+
+
+# -- trace -----------------------------------------------------------------------------------------
+
+
+def _trace(args: argparse.Namespace) -> int:
+    from tools.trace import trace
+
+    result = trace(load_config(args.config), args.correlation_id, timeout_seconds=args.timeout)
+    if args.json:
+        _print_json(asdict(result))
+        return 0 if result.complete else 1
+    print(f"correlation id {result.correlation_id}: {len(result.events)} event(s) in "
+          f"{result.records_scanned} record(s) read")
+    for e in result.events:
+        event_type = (e.event or {}).get("event_type", "")
+        print(f"  {_time(e.timestamp)}  {e.stage:<10} {e.role:<9} {e.topic}[{e.partition}]@{e.offset}  {event_type}")
+    print("per stage:")
+    for stage, counts in result.summary.items():
+        print(f"  {stage:<10} " + "  ".join(f"{name} {count}" for name, count in counts.items()))
+    for topic in result.missing_topics:
+        print(f"note: topic {topic} does not exist")
+    for partition in result.unread_partitions:
+        print(f"WARNING: {partition} could not be read")
+    if not result.complete:
+        print(f"WARNING: incomplete, the read stopped after {args.timeout:g}s")
+    return 0 if result.complete and not result.unread_partitions else 1
+
+
+# -- dlq -------------------------------------------------------------------------------------------
+
+
+def _dlq_inspect(args: argparse.Namespace) -> int:
+    from tools.dlq import inspect_dlq
+
+    config = load_config(args.config)
+    result = inspect_dlq(config, _stage_name(config, args.stage), limit=args.limit)
+    if args.json:
+        _print_json(asdict(result))
+        return 0 if result.complete else 1
+    print(f"{result.topic}: {result.retained} retained, {result.read} read, {result.malformed} malformed")
+    for error_type, count in result.by_error_type.items():
+        print(f"  {error_type:<32} {count}")
+    print("samples:")
+    for s in result.samples:
+        print(f"  [{s.partition}]@{s.offset} {_time(s.timestamp)} {s.error_type} correlation {_dash(s.correlation_id)} "
+              f"from {_dash(s.original_topic)}: {_dash(s.error_message)}")
+    if not result.complete:
+        print("WARNING: incomplete, the read stopped at its time limit")
+    return 0 if result.complete else 1
+
+
+def _dlq_replay(args: argparse.Namespace) -> int:
+    from tools.dlq import ReplayFilter, replay_dlq
+
+    config = load_config(args.config)
+    replay_filter = ReplayFilter(args.correlation_id, args.error_type, frozenset(args.discard_error_type))
+    report = replay_dlq(config, _stage_name(config, args.stage), replay_filter, limit=args.limit,
+                        dry_run=args.dry_run)
+    heading = " DRY RUN: nothing changed, the counts are what a run with --confirm would do" \
+        if report.dry_run else ""
+    print(f"{report.dlq_topic} (replay group {report.group}){heading}")
+    for partition in sorted(report.start):
+        print(f"  partition {partition}: handled from offset {report.start[partition]} to {report.end[partition]} "
+              f"(high watermark {report.high_watermark[partition]})")
+    print(f"republished: {report.replayed_total}")
+    for topic, count in report.replayed.items():
+        print(f"  -> {topic}: {count}")
+    print(f"discarded (handled, not republished): {sum(report.discarded.values())}")
+    for error_type, count in report.discarded.items():
+        print(f"  {error_type}: {count}")
+    print(f"malformed (handled, not republished): {len(report.malformed)}")
+    for skipped in report.malformed:
+        print(f"  [{skipped.partition}]@{skipped.offset}: {skipped.reason}")
+    for skipped in report.stopped:
+        print(f"stopped partition {skipped.partition} at offset {skipped.offset}: {skipped.reason}")
+    if report.limit_reached:
+        print(f"stopped at --limit {args.limit}")
+    print(f"left in the DLQ after this run: {report.left}")
+    return 0
+
+
+# -- groups ----------------------------------------------------------------------------------------
+
+
+def _groups_describe(args: argparse.Namespace) -> int:
+    from tools.groups import describe_group
+
+    result = describe_group(load_config(args.config), args.group)
+    if args.json:
+        _print_json({**asdict(result), "total_lag": result.total_lag})
+        return 0
+    print(f"group {result.group}: {result.state}, {len(result.members)} member(s), total lag {result.total_lag}")
+    for m in result.members:
+        print(f"  member {m.member_id} ({m.client_id}@{m.host}): {len(m.assigned)} partition(s)")
+    print(f"  {'topic':<50} {'part':>4} {'committed':>10} {'high wm':>10} {'lag':>8}  owner")
+    for p in result.partitions:
+        print(f"  {p.topic:<50} {p.partition:>4} {_dash(p.committed):>10} {_dash(p.high_watermark):>10} "
+              f"{_dash(p.lag):>8}  {_dash(p.owner)}")
+    return 0
+
+
+def _groups_reset(args: argparse.Namespace) -> int:
+    from tools.groups import execute_reset, plan_reset
+
+    config = load_config(args.config)
+    plan = plan_reset(config, args.group, args.topic, args.to)
+    print(f"group {plan.group} ({plan.state}, {len(plan.members)} member(s)) on {plan.topic}:")
+    for p in plan.partitions:
+        print(f"  partition {p.partition}: {_dash(p.current)} -> {p.new}  "
+              f"(log start {p.log_start}, high watermark {p.high_watermark})")
+    if not args.execute:
+        print("dry run: nothing changed (add --execute to apply)")
+        return 0
+    result = execute_reset(config, plan)
+    if result.mismatched:
+        for (topic, partition), found in result.mismatched.items():
+            print(f"MISMATCH: {topic}[{partition}] reads back {_dash(found)}")
+        return 1
+    print(f"reset applied and verified on {len(plan.partitions)} partition(s)")
+    return 0
