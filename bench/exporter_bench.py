@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
 
 import confluent_kafka
@@ -39,7 +40,6 @@ from exporter.refresh import Refresher, default_build_info
 from exporter.render import render
 from pipeline.config import Config, parse_config
 from pipeline.events import dead_letter
-from treewatch import __version__
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "docs" / "benchmarks.md"
@@ -149,7 +149,7 @@ def measure_refreshes(config: Config) -> dict[str, float]:
             source.gather()
             warm.append(time.perf_counter() - started)
         refresher = Refresher([source], interval_seconds=60, stale_grace_seconds=120, max_series=1_000_000,
-                              build_info=default_build_info(__version__))
+                              build_info=default_build_info(version("treewatch")))
         snapshot = refresher.run_once()
         renders = []
         for _ in range(5):

@@ -8,6 +8,7 @@ temporary folder. Readiness is asked of the cluster itself, never guessed with a
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import shutil
@@ -57,9 +58,9 @@ def fetch_jars() -> Path:
         raise KafkaStartError("mvn is not on PATH: run `make setup` to install Maven")
     target.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        ["mvn", "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
+        ["mvn", "-q", "-B", "-Dstyle.color=never", "-f", str(POM), "dependency:copy-dependencies",
          f"-DoutputDirectory={target}", "-DincludeScope=runtime"],
-        check=True,
+        check=True, timeout=900,
     )
     if not any(target.glob("kafka_2.13-*.jar")):
         raise KafkaStartError(f"Maven finished but left no Kafka jar in {target}")
@@ -304,7 +305,7 @@ class KafkaCluster:
         result = subprocess.run(
             self._java("kafka.tools.StorageTool", "format", "-t", self.cluster_id,
                        "-c", str(node.config_path), *self.format_args),
-            capture_output=True, text=True,
+            capture_output=True, text=True, timeout=120,
         )
         if result.returncode != 0:
             raise KafkaStartError(f"formatting node {node.node_id} failed:\n{result.stdout}{result.stderr}")
@@ -331,6 +332,4 @@ class KafkaCluster:
 
 def _kafka_cluster_id() -> str:
     """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding."""
-    import base64
-
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")

@@ -6,6 +6,7 @@ import logging
 import signal
 import threading
 from dataclasses import dataclass
+from importlib.metadata import version
 
 from exporter.kafka_source import KafkaSource
 from exporter.refresh import Refresher, Source, default_build_info
@@ -13,9 +14,8 @@ from exporter.render import Renderer
 from exporter.server import Endpoints, ExporterHTTPServer, landing_page
 from exporter.services_source import ServicesSource
 from exporter.web import authorizer, tls_context
-from pipeline.config import Config
+from pipeline.config import Config, ConfigError
 from pipeline.health import redact_url
-from treewatch import __version__
 
 log = logging.getLogger("treewatch.exporter")
 
@@ -52,21 +52,30 @@ def build_sources(config: Config) -> list[Source]:
 def build_exporter(config: Config, *, port: int | None = None) -> Exporter:
     """An exporter for ``config``, not yet started; ``port`` overrides the configured one (0: any)."""
     settings = config.exporter
+    try:
+        authorize, tls = authorizer(settings.web), tls_context(settings.web)
+    except ConfigError as error:
+        raise ConfigError(f"{config.source}: {error}") from None
     refresher = Refresher(
         build_sources(config),
         interval_seconds=settings.refresh_interval_seconds,
         stale_grace_seconds=settings.stale_grace_seconds,
         max_series=settings.max_series,
-        build_info=default_build_info(__version__),
+        build_info=default_build_info(version("treewatch")),
     )
-    host, configured_port = settings.listen_host_port
     endpoints = Endpoints(
         renderer=Renderer(lambda: refresher.current),
         ready=lambda: refresher.ready,
         landing_page=lambda: landing_page("treewatch exporter", _landing_rows(config, refresher)),
     )
-    server = ExporterHTTPServer((host, configured_port if port is None else port), endpoints,
-                                authorize=authorizer(settings.web), tls_context=tls_context(settings.web))
+    host, configured_port = settings.listen_host_port
+    address = (host, configured_port if port is None else port)
+    try:
+        server = ExporterHTTPServer(address, endpoints, authorize=authorize, tls_context=tls)
+    except OSError as error:
+        refresher.stop()  # closes the Kafka clients the sources already opened
+        raise ConfigError(f"{config.source}: exporter.listen_address: cannot listen on "
+                          f"{settings.listen_address if port is None else address}: {error.strerror}") from None
     return Exporter(config, refresher, server)
 
 

@@ -34,8 +34,8 @@ class MetricDef:
     name: str  # as exposed; counters end in _total
     kind: Kind
     labels: tuple[str, ...]
-    help: str
     collector: Collector
+    help: str
 
     @property
     def family_name(self) -> str:
@@ -43,9 +43,6 @@ class MetricDef:
         return self.name.removesuffix("_total") if self.kind is Kind.COUNTER else self.name
 
 
-G, C = Kind.GAUGE, Kind.COUNTER
-_K_CLUSTER, _K_TOPICS, _K_GROUPS = Collector.KAFKA_CLUSTER, Collector.KAFKA_TOPICS, Collector.KAFKA_GROUPS
-_PIPELINE, _DLQ, _SERVICES, _SELF = Collector.PIPELINE, Collector.DLQ, Collector.SERVICES, Collector.EXPORTER
 
 GROUP_STATES = ("Stable", "PreparingRebalance", "CompletingRebalance", "Empty", "Dead", "Unknown")
 SERVICE_STATES = ("healthy", "degraded", "unhealthy", "unknown")
@@ -57,88 +54,96 @@ PROCESSED_STATUSES = ("completed", "failed")
 
 METRICS: tuple[MetricDef, ...] = (
     # -- consumer groups ------------------------------------------------------------------------
-    MetricDef("kafka_consumer_group_lag", G, ("group", "topic", "partition"),
-              "Records the group has not consumed yet: high watermark minus committed offset (a committed "
-              "offset below the log start counts from the log start); never negative.", _K_GROUPS),
-    MetricDef("kafka_consumer_group_lag_seconds", G, ("group", "topic", "partition"),
-              "Age of the oldest record the group has not consumed: now minus the timestamp of the record at "
-              "the committed offset; 0 when the lag is 0.", _K_GROUPS),
-    MetricDef("kafka_consumer_group_committed_offset", G, ("group", "topic", "partition"),
-              "The group's committed offset (the next record it will read).", _K_GROUPS),
-    MetricDef("kafka_consumer_group_committed_offset_change_timestamp_seconds", G, ("group", "topic", "partition"),
-              "When the exporter last saw the committed offset move (at first sight: when it was first seen). "
-              "A stalled consumer has lag and an old change time; a slow one has lag and a recent one.", _K_GROUPS),
-    MetricDef("kafka_consumer_group_uncommitted_partitions", G, ("group", "topic"),
+    MetricDef("kafka_consumer_group_lag", Kind.GAUGE, ("group", "topic", "partition"), Collector.KAFKA_GROUPS,
+              "Records the group has not consumed yet: high watermark minus committed offset (a "
+              "committed offset below the log start counts from the log start); never negative."),
+    MetricDef("kafka_consumer_group_lag_seconds", Kind.GAUGE, ("group", "topic", "partition"), Collector.KAFKA_GROUPS,
+              "Age of the oldest record the group has not consumed: now minus the timestamp of the "
+              "record at the committed offset; 0 when the lag is 0."),
+    MetricDef("kafka_consumer_group_committed_offset",
+              Kind.GAUGE, ("group", "topic", "partition"), Collector.KAFKA_GROUPS,
+              "The group's committed offset (the next record it will read)."),
+    MetricDef("kafka_consumer_group_committed_offset_change_timestamp_seconds",
+              Kind.GAUGE, ("group", "topic", "partition"), Collector.KAFKA_GROUPS,
+              "When the exporter last saw the committed offset move (at first sight: when it was "
+              "first seen). A stalled consumer has lag and an old change time; a slow one has lag and"
+              " a recent one."),
+    MetricDef("kafka_consumer_group_uncommitted_partitions", Kind.GAUGE, ("group", "topic"), Collector.KAFKA_GROUPS,
               "Partitions of a topic the group consumes (or is assigned) with no committed offset; "
-              "not reported as lag.", _K_GROUPS),
-    MetricDef("kafka_consumer_group_state", G, ("group", "state"),
-              "The group's state, one-hot over " + ", ".join(GROUP_STATES) + ".", _K_GROUPS),
-    MetricDef("kafka_consumer_group_members", G, ("group",),
-              "Members currently in the group.", _K_GROUPS),
+              "not reported as lag."),
+    MetricDef("kafka_consumer_group_state", Kind.GAUGE, ("group", "state"), Collector.KAFKA_GROUPS,
+              "The group's state, one-hot over " + ", ".join(GROUP_STATES) + "."),
+    MetricDef("kafka_consumer_group_members", Kind.GAUGE, ("group",), Collector.KAFKA_GROUPS,
+              "Members currently in the group."),
     # -- topics ---------------------------------------------------------------------------------
-    MetricDef("kafka_topic_partition_current_offset", G, ("topic", "partition"),
-              "High watermark: the offset the next record written to the partition will get.", _K_TOPICS),
-    MetricDef("kafka_topic_partition_oldest_offset", G, ("topic", "partition"),
-              "Log start offset: the oldest offset still retained.", _K_TOPICS),
-    MetricDef("kafka_topic_partitions", G, ("topic",),
-              "Partitions of the topic.", _K_TOPICS),
+    MetricDef("kafka_topic_partition_current_offset", Kind.GAUGE, ("topic", "partition"), Collector.KAFKA_TOPICS,
+              "High watermark: the offset the next record written to the partition will get."),
+    MetricDef("kafka_topic_partition_oldest_offset", Kind.GAUGE, ("topic", "partition"), Collector.KAFKA_TOPICS,
+              "Log start offset: the oldest offset still retained."),
+    MetricDef("kafka_topic_partitions", Kind.GAUGE, ("topic",), Collector.KAFKA_TOPICS,
+              "Partitions of the topic."),
     # -- cluster --------------------------------------------------------------------------------
-    MetricDef("kafka_brokers", G, (),
-              "Brokers the cluster reports as live.", _K_CLUSTER),
-    MetricDef("kafka_cluster_brokers_down", G, (),
-              "Brokers that host replicas but are not live (rpk cluster health's nodes down).", _K_CLUSTER),
-    MetricDef("kafka_cluster_controller_known", G, (),
-              "1 when the cluster reports an active controller.", _K_CLUSTER),
-    MetricDef("kafka_topic_leaderless_partitions", G, ("topic",),
-              "Partitions of the topic without a leader.", _K_CLUSTER),
-    MetricDef("kafka_topic_under_replicated_partitions", G, ("topic",),
-              "Partitions of the topic whose in-sync replicas are fewer than their replicas.", _K_CLUSTER),
-    MetricDef("kafka_cluster_healthy", G, (),
-              "1 when no broker is down, no partition is leaderless and a controller is known "
-              "(the meaning of rpk cluster health's 'Healthy').", _K_CLUSTER),
+    MetricDef("kafka_brokers", Kind.GAUGE, (), Collector.KAFKA_CLUSTER,
+              "Brokers the cluster reports as live."),
+    MetricDef("kafka_cluster_brokers_down", Kind.GAUGE, (), Collector.KAFKA_CLUSTER,
+              "Brokers that host replicas but are not live (rpk cluster health's nodes down)."),
+    MetricDef("kafka_cluster_controller_known", Kind.GAUGE, (), Collector.KAFKA_CLUSTER,
+              "1 when the cluster reports an active controller."),
+    MetricDef("kafka_topic_leaderless_partitions", Kind.GAUGE, ("topic",), Collector.KAFKA_CLUSTER,
+              "Partitions of the topic without a leader."),
+    MetricDef("kafka_topic_under_replicated_partitions", Kind.GAUGE, ("topic",), Collector.KAFKA_CLUSTER,
+              "Partitions of the topic whose in-sync replicas are fewer than their replicas."),
+    MetricDef("kafka_cluster_healthy", Kind.GAUGE, (), Collector.KAFKA_CLUSTER,
+              "1 when no broker is down, no partition is leaderless and a controller is known (the "
+              "meaning of rpk cluster health's 'Healthy')."),
     # -- pipeline -------------------------------------------------------------------------------
-    MetricDef("tree_events_processed_total", C, ("stage", "status"),
-              "Events that finished a stage, counted from its completed and failed topics.", _PIPELINE),
-    MetricDef("tree_events_requested_total", C, ("stage",),
-              "Requests written to a stage's request topic.", _PIPELINE),
-    MetricDef("tree_events_in_flight", G, ("stage",),
-              "Requests of a stage not yet completed or failed: requested minus processed, never negative.",
-              _PIPELINE),
+    MetricDef("tree_events_processed_total", Kind.COUNTER, ("stage", "status"), Collector.PIPELINE,
+              "Events that finished a stage, counted from its completed and failed topics."),
+    MetricDef("tree_events_requested_total", Kind.COUNTER, ("stage",), Collector.PIPELINE,
+              "Requests written to a stage's request topic."),
+    MetricDef("tree_events_in_flight", Kind.GAUGE, ("stage",), Collector.PIPELINE,
+              "Requests of a stage not yet completed or failed: requested minus processed, never "
+              "negative."),
+    MetricDef("tree_pipeline_stage_info",
+              Kind.GAUGE, ("stage", "group", "request_topic", "dlq_topic"), Collector.PIPELINE,
+              "Always 1: the configured pipeline, so rules and dashboards can join a consumer group "
+              "or a topic to its stage."),
     # -- dead letter queues ---------------------------------------------------------------------
-    MetricDef("tree_dlq_retained_records", G, ("stage", "topic"),
-              "Records retained in the stage's dead letter queue (high watermark minus log start).", _DLQ),
-    MetricDef("tree_dlq_oldest_record_timestamp_seconds", G, ("stage", "topic"),
-              "Timestamp of the oldest record retained in the stage's dead letter queue; absent when empty.",
-              _DLQ),
-    MetricDef("tree_dlq_records_total", C, ("stage", "error_type"),
-              "Dead letters read from the stage's queue by error_type since the exporter started; a record "
-              "that is not a JSON object counts as error_type=\"unparseable\".", _DLQ),
+    MetricDef("tree_dlq_retained_records", Kind.GAUGE, ("stage", "topic"), Collector.DLQ,
+              "Records retained in the stage's dead letter queue (high watermark minus log start)."),
+    MetricDef("tree_dlq_oldest_record_timestamp_seconds", Kind.GAUGE, ("stage", "topic"), Collector.DLQ,
+              "Timestamp of the oldest record retained in the stage's dead letter queue; absent when "
+              "empty."),
+    MetricDef("tree_dlq_records_total", Kind.COUNTER, ("stage", "error_type"), Collector.DLQ,
+              "Dead letters read from the stage's queue by error_type since the exporter started; a "
+              "record that is not a JSON object counts as error_type=\"unparseable\"."),
     # -- services -------------------------------------------------------------------------------
-    MetricDef("tree_service_probe_success", G, ("service",),
-              "1 when the last GET of the service's health URL answered with a readable status.", _SERVICES),
-    MetricDef("tree_service_status", G, ("service", "status"),
+    MetricDef("tree_service_probe_success", Kind.GAUGE, ("service",), Collector.SERVICES,
+              "1 when the last GET of the service's health URL answered with a readable status."),
+    MetricDef("tree_service_status", Kind.GAUGE, ("service", "status"), Collector.SERVICES,
               "The status the service reported, one-hot over " + ", ".join(SERVICE_STATES)
-              + " (unknown when the probe failed or the status is not one of these).", _SERVICES),
-    MetricDef("tree_service_probe_duration_seconds", G, ("service",),
-              "How long the last health probe took.", _SERVICES),
-    MetricDef("tree_service_probe_http_status_code", G, ("service",),
-              "HTTP status of the last health probe; 0 when there was no response.", _SERVICES),
-    MetricDef("tree_service_probe_failure", G, ("service", "reason"),
+              + " (unknown when the probe failed or the status is not one of these)."),
+    MetricDef("tree_service_probe_duration_seconds", Kind.GAUGE, ("service",), Collector.SERVICES,
+              "How long the last health probe took."),
+    MetricDef("tree_service_probe_http_status_code", Kind.GAUGE, ("service",), Collector.SERVICES,
+              "HTTP status of the last health probe; 0 when there was no response."),
+    MetricDef("tree_service_probe_failure", Kind.GAUGE, ("service", "reason"), Collector.SERVICES,
               "Why the last health probe failed, one-hot over " + ", ".join(PROBE_FAILURE_REASONS)
-              + "; all 0 after a successful probe.", _SERVICES),
+              + "; all 0 after a successful probe."),
     # -- the exporter itself --------------------------------------------------------------------
-    MetricDef("treewatch_collector_success", G, ("collector",),
-              "1 when the collector's last run succeeded.", _SELF),
-    MetricDef("treewatch_collector_duration_seconds", G, ("collector",),
-              "How long the collector's last run took.", _SELF),
-    MetricDef("treewatch_collector_last_success_timestamp_seconds", G, ("collector",),
-              "When the collector last succeeded; the age of the data it serves.", _SELF),
-    MetricDef("treewatch_collector_errors_total", C, ("collector",),
-              "Failed collector runs.", _SELF),
-    MetricDef("treewatch_series_dropped", G, ("collector",),
-              "Series the collector's last run left out because of the max_series cap.", _SELF),
-    MetricDef("treewatch_build_info", G, ("version", "python_version", "librdkafka_version"),
-              "Always 1; the labels say which treewatch is running.", _SELF),
+    MetricDef("treewatch_collector_success", Kind.GAUGE, ("collector",), Collector.EXPORTER,
+              "1 when the collector's last run succeeded."),
+    MetricDef("treewatch_collector_duration_seconds", Kind.GAUGE, ("collector",), Collector.EXPORTER,
+              "How long the collector's last run took."),
+    MetricDef("treewatch_collector_last_success_timestamp_seconds", Kind.GAUGE, ("collector",), Collector.EXPORTER,
+              "When the collector last succeeded; the age of the data it serves."),
+    MetricDef("treewatch_collector_errors_total", Kind.COUNTER, ("collector",), Collector.EXPORTER,
+              "Failed collector runs."),
+    MetricDef("treewatch_series_dropped", Kind.GAUGE, ("collector",), Collector.EXPORTER,
+              "Series the collector's last run left out because of the max_series cap."),
+    MetricDef("treewatch_build_info",
+              Kind.GAUGE, ("version", "python_version", "librdkafka_version"), Collector.EXPORTER,
+              "Always 1; the labels say which treewatch is running."),
 )
 
 BY_NAME: dict[str, MetricDef] = {metric.name: metric for metric in METRICS}

@@ -87,7 +87,9 @@ class ExporterHTTPServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], endpoints: Endpoints,
                  authorize: Callable[[BaseHTTPRequestHandler], bool] | None = None,
                  tls_context: ssl.SSLContext | None = None) -> None:
-        super().__init__(address, _Handler)
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        # Set before binding: a failed bind calls server_close, which needs them.
         self.endpoints = endpoints
         self.authorize = authorize or (lambda _handler: True)
         self.tls_context = tls_context
@@ -95,6 +97,7 @@ class ExporterHTTPServer(ThreadingHTTPServer):
         self._handler_threads: list[threading.Thread] = []
         self._connections_lock = threading.Lock()
         self._closing = False
+        super().__init__(address, _Handler)
 
     @property
     def port(self) -> int:

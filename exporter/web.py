@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import ssl
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 
@@ -24,8 +27,16 @@ def authorizer(web: WebSettings) -> Callable[[BaseHTTPRequestHandler], bool] | N
     cost = max(int(hashed[4:6]) for hashed in users.values())
     dummy = bcrypt.hashpw(b"treewatch-unknown-user", bcrypt.gensalt(rounds=cost))
 
+    # bcrypt is slow on purpose; Prometheus sends the same header every scrape, so a header once
+    # verified is remembered (as a digest, never in clear) instead of hashed again each time.
+    verified = _VerifiedHeaders()
+
     def authorize(handler: BaseHTTPRequestHandler) -> bool:
-        if _credentials_valid(handler.headers.get("Authorization", ""), users, dummy):
+        header = handler.headers.get("Authorization", "")
+        if verified.seen(header):
+            return True
+        if _credentials_valid(header, users, dummy):
+            verified.remember(header)
             return True
         body = b"unauthorized\n"
         handler.send_response(401)
@@ -37,6 +48,33 @@ def authorizer(web: WebSettings) -> Callable[[BaseHTTPRequestHandler], bool] | N
         return False
 
     return authorize
+
+
+class _VerifiedHeaders:
+    """A small, thread-safe set of digests of Authorization headers that passed bcrypt."""
+
+    def __init__(self, capacity: int = 64) -> None:
+        self._digests: OrderedDict[bytes, None] = OrderedDict()
+        self._capacity = capacity
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _digest(header: str) -> bytes:
+        return hashlib.sha256(header.encode()).digest()
+
+    def seen(self, header: str) -> bool:
+        digest = self._digest(header)
+        with self._lock:
+            if digest in self._digests:
+                self._digests.move_to_end(digest)
+                return True
+        return False
+
+    def remember(self, header: str) -> None:
+        with self._lock:
+            self._digests[self._digest(header)] = None
+            while len(self._digests) > self._capacity:
+                self._digests.popitem(last=False)
 
 
 def _checked_hash(user: str, hashed: str) -> bytes:

@@ -63,6 +63,7 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "TREEWATCH_KAFKA_SASL_MECHANISM": ("kafka", "sasl", "mechanism"),
     "TREEWATCH_KAFKA_SASL_USERNAME": ("kafka", "sasl", "username"),
     "TREEWATCH_KAFKA_SASL_PASSWORD": ("kafka", "sasl", "password"),
+    "TREEWATCH_KAFKA_TLS_KEY_PASSWORD": ("kafka", "tls", "key_password"),
     "TREEWATCH_LISTEN_ADDRESS": ("exporter", "listen_address"),
 }
 
@@ -181,7 +182,7 @@ class ExporterSettings:
     @property
     def listen_host_port(self) -> tuple[str, int]:
         host, _, port = self.listen_address.rpartition(":")
-        return host, int(port)
+        return host.removeprefix("[").removesuffix("]"), int(port)
 
 
 @dataclass(frozen=True)
@@ -258,6 +259,8 @@ def _apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> di
         for key in path[:-1]:
             node = node.setdefault(key, {})
         node[path[-1]] = environ[variable]
+        # A secret given in the environment wins over the file the YAML names for it.
+        node.pop(f"{path[-1]}_file", None)
     return merged
 
 
@@ -295,7 +298,8 @@ def _expected(error: jsonschema.ValidationError) -> str:
     if error.validator == "format" and error.validator_value == "regex":
         return f"{_describe(error.instance)} is not a valid regular expression"
     if error.validator == "pattern":
-        return f"{_describe(error.instance)} does not match the pattern {error.validator_value}"
+        wanted = error.schema.get("description") or f"a match for the pattern {error.validator_value}"
+        return f"expected {wanted}, got {_describe(error.instance)}"
     return error.message
 
 
@@ -328,7 +332,7 @@ def _kafka(data: dict[str, Any], source: str) -> KafkaSettings:
     tls = None
     if "tls" in data:
         raw = data["tls"]
-        key_password = None
+        key_password = raw.get("key_password")
         if "key_password_file" in raw:
             key_password = _read_secret(raw["key_password_file"], "kafka.tls.key_password_file", source)
         tls = TlsSettings(

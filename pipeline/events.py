@@ -18,6 +18,9 @@ from typing import Any
 UNPARSEABLE = "unparseable"
 # error_type given to a readable dead letter that names none.
 UNKNOWN_ERROR_TYPE = "UNKNOWN"
+# Optional discovery request field: how many files the simulator's discovery reports for a synthetic
+# project. The real pipeline does not read it; it discovers the files under project_path.
+SYNTHETIC_FILE_COUNT_FIELD = "synthetic_file_count"
 
 
 def decode_json_object(value: bytes | str | None) -> dict[str, Any] | None:
@@ -33,8 +36,11 @@ def decode_json_object(value: bytes | str | None) -> dict[str, Any] | None:
 def correlation_id(value: bytes | str | None) -> str | None:
     """The correlation id of an event envelope or a dead letter, wherever it was put."""
     event = decode_json_object(value)
-    if event is None:
-        return None
+    return None if event is None else correlation_id_of(event)
+
+
+def correlation_id_of(event: dict[str, Any]) -> str | None:
+    """correlation_id() for an event already decoded."""
     payload = event.get("payload")
     if isinstance(payload, dict) and isinstance(payload.get("correlation_id"), str):
         return payload["correlation_id"]
@@ -56,10 +62,6 @@ class DeadLetter:
     original_payload: Any
     correlation_id: str | None
 
-    @property
-    def readable(self) -> bool:
-        return self.error_type != UNPARSEABLE
-
 
 def parse_dead_letter(value: bytes | str | None) -> DeadLetter:
     record = decode_json_object(value)
@@ -72,7 +74,7 @@ def parse_dead_letter(value: bytes | str | None) -> DeadLetter:
         error_message=message if isinstance(message, str) else None,
         original_topic=record.get("original_topic") if isinstance(record.get("original_topic"), str) else None,
         original_payload=record.get("original_payload"),
-        correlation_id=correlation_id(value),
+        correlation_id=correlation_id_of(record),
     )
 
 
@@ -94,6 +96,19 @@ def dead_letter(original_topic: str, original_payload: Any, error_type: str, err
         "original_payload": original_payload,
         "error_type": error_type,
         "error_message": error_message,
-        "correlation_id": correlation_id(json.dumps(original_payload)),
+        "correlation_id": correlation_id_of(original_payload) if isinstance(original_payload, dict) else None,
         "failed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def discovery_request(project_path: str, project_name: str, correlation_id: str, *,
+                      synthetic_file_count: int | None = None, force_regenerate: bool = False,
+                      source: str = "treewatch") -> dict[str, Any]:
+    """A discovery request as the guide's tools publish it to the discover stage's request topic."""
+    payload: dict[str, Any] = {"project_path": project_path, "project_name": project_name,
+                               "correlation_id": correlation_id}
+    if synthetic_file_count is not None:
+        payload[SYNTHETIC_FILE_COUNT_FIELD] = synthetic_file_count
+    if force_regenerate:
+        payload["force_regenerate"] = True
+    return envelope("tree.discover.requested", payload, source=source)

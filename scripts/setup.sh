@@ -22,6 +22,11 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   # The packages' services are not wanted: tests start their own instances on loopback.
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
     $(printf '%s\n' "${need_apt[@]}" | sort -u)
+  # On a host with systemd the packages start their services on :9090/:9093; treewatch's tests
+  # and demo start their own on free ports, so the system ones are stopped and left disabled.
+  if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    as_root systemctl disable --now prometheus prometheus-alertmanager prometheus-node-exporter 2>/dev/null || true
+  fi
 fi
 
 stamp=.setup-python.stamp

@@ -95,7 +95,7 @@ def test_every_problem_of_a_file_is_listed_at_once(tmp_path):
     ("kafka:\n  sasl:\n    mechanism: PLAIN\n    username: u\n",
      "kafka.sasl: expected password or password_file"),
     ("services:\n  bridge:\n    url: localhost:8054\n",
-     "services.bridge.url: string 'localhost:8054' does not match"),
+     "services.bridge.url: expected an http:// or https:// URL, got string 'localhost:8054'"),
 ])
 def test_bad_values_are_refused_with_the_file_and_field(tmp_path, text, expected):
     path = write(tmp_path, text)
@@ -114,3 +114,34 @@ def test_a_secret_file_that_cannot_be_read_is_named(tmp_path):
 def test_parse_config_refuses_what_the_schema_refuses():
     with pytest.raises(ConfigError, match="exporter.committed_offsets_concurrency"):
         parse_config({"exporter": {"committed_offsets_concurrency": 0}}, source="inline", environ={})
+
+
+def test_a_secret_in_the_environment_wins_over_the_file_the_yaml_names(tmp_path):
+    secret = tmp_path / "kafka-password"
+    secret.write_text("from-file\n")
+    key_secret = tmp_path / "key-password"
+    key_secret.write_text("key-from-file\n")
+    data = {"kafka": {"sasl": {"mechanism": "SCRAM-SHA-512", "username": "u", "password_file": str(secret)},
+                      "tls": {"ca_file": "/ca.pem", "key_password_file": str(key_secret)}}}
+    environ = {"TREEWATCH_KAFKA_SASL_PASSWORD": "from-env", "TREEWATCH_KAFKA_TLS_KEY_PASSWORD": "key-from-env"}
+
+    from_env = parse_config(data, "t.yaml", environ=environ).kafka
+    from_files = parse_config(data, "t.yaml", environ={}).kafka
+
+    assert (from_env.sasl.password, from_env.tls.key_password) == ("from-env", "key-from-env")
+    assert (from_files.sasl.password, from_files.tls.key_password) == ("from-file", "key-from-file")
+    assert "from-env" not in repr(from_env) and "key-from-env" not in repr(from_env)
+
+
+@pytest.mark.parametrize("address, host_port", [
+    ("0.0.0.0:9847", ("0.0.0.0", 9847)),
+    ("[::]:9847", ("::", 9847)),
+    (":9847", ("", 9847)),
+])
+def test_listen_addresses_take_ipv4_ipv6_and_any(address, host_port):
+    assert parse_config({"exporter": {"listen_address": address}}, "t.yaml").exporter.listen_host_port == host_port
+
+
+def test_a_listen_address_without_a_port_says_what_is_expected():
+    with pytest.raises(ConfigError, match=r"exporter.listen_address: expected host:port, \[ipv6\]:port"):
+        parse_config({"exporter": {"listen_address": "localhost"}}, "t.yaml")

@@ -1,4 +1,4 @@
-"""The operator tools of the guide (status, trace, dlq, groups), against Kafka's own APIs.
+"""The operator tools of the guide (status, trace, dlq, groups, bench, reindex), against Kafka's own APIs.
 
 Each module does the work and returns plain data; ``treewatch`` (the command line) parses the
 arguments and prints. Floor 2: imports ``pipeline`` and libraries only.

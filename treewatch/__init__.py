@@ -1,3 +1,6 @@
 """treewatch: observability for the tree stamping pipeline. This package is the command line."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+# pyproject.toml is the one place the version is written.
+__version__ = version("treewatch")

@@ -25,7 +25,7 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from simulator import SimulatorError, SimulatorSettings, StageBehaviour
+    from simulator import SimulatorError, SimulatorSettings, StageBehaviour, WorkerStuck
     from simulator.app import run_simulator
 
     config = load_config(args.config)
@@ -39,14 +39,14 @@ def _simulate(args: argparse.Namespace) -> int:
     try:
         return run_simulator(config, settings, files_per_project=args.files,
                              project_interval_seconds=args.project_interval)
-    except SimulatorError as error:
+    except (SimulatorError, WorkerStuck) as error:
         print(f"treewatch simulate: {error}", file=sys.stderr)
         return 1
 
 
 def _demo(args: argparse.Namespace) -> int:
     from devkafka import KafkaStartError
-    from simulator import SimulatorError
+    from simulator import SimulatorError, WorkerStuck
     from treewatch.demo import DemoError, DemoOptions, run_demo
 
     if args.log_level != "DEBUG":
@@ -58,7 +58,7 @@ def _demo(args: argparse.Namespace) -> int:
                           free_ports=args.free_ports)
     try:
         return run_demo(options, out=lambda line: print(line, flush=True))
-    except (DemoError, KafkaStartError, SimulatorError) as error:
+    except (DemoError, KafkaStartError, SimulatorError, WorkerStuck) as error:
         print(f"treewatch demo: {error}", file=sys.stderr)
         return 1
 
@@ -136,7 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    # --log-level is accepted before or after the subcommand: people type it where they think of it.
+    log_level = argparse.ArgumentParser(prog="treewatch", add_help=False)
+    log_level.add_argument("--log-level", type=str.upper, default="INFO",
+                           choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    known, rest = log_level.parse_known_args(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(rest)
+    args.log_level = known.log_level
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         sys.exit(args.run(args))
