@@ -1,8 +1,9 @@
 """Alertmanager's configuration and Slack template, built from MonitoringConfig.
 
 critical pages #tree-stamping-oncall, warning goes to #tree-stamping-alerts, info goes nowhere,
-Watchdog goes to a heartbeat webhook. The Slack webhook URL is read from a file that deployment
-mounts (``slack_api_url_file``), so no secret ever lives in the repository.
+Watchdog goes to a heartbeat webhook when ``heartbeat_url`` is set (and nowhere otherwise). The
+Slack webhook URL is read from a file that deployment mounts (``slack_api_url_file``), so no secret
+ever lives in the repository.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ NULL_RECEIVER = "null"
 GROUP_BY = ("alertname", "stage", "service")
 
 # What a Kafka outage makes fire on its own: lag grows, throughput drops, the exporter's
-# Kafka-backed collectors fail and the SLI's counters go stale.
-KAFKA_CONSEQUENCES = (
+# Kafka-backed collectors fail and the SLI's counters go stale. The per-exporter ones carry the
+# exporter's instance; the per-stage ones are summed over an exporter job's replicas, which all
+# watch the same cluster, so they carry only the job.
+KAFKA_CONSEQUENCES_PER_EXPORTER = (
     "HighConsumerLag", "ConsumerLagTooOld", "ConsumerGroupStalled", "ConsumerGroupNoMembers",
-    "LowThroughput", "StageSLIMissing",
 )
+KAFKA_CONSEQUENCES_PER_STAGE = ("LowThroughput", "StageSLIMissing")
 KAFKA_BACKED_COLLECTORS = "kafka_.*|pipeline|dlq"
 
 SLACK_TEMPLATE = r"""
@@ -90,8 +93,8 @@ def _slack(channel: str) -> dict[str, Any]:
     }
 
 
-def _heartbeat(config: MonitoringConfig) -> dict[str, Any]:
-    webhook: dict[str, Any] = {"url": config.heartbeat_url, "send_resolved": False}
+def _heartbeat(url: str, config: MonitoringConfig) -> dict[str, Any]:
+    webhook: dict[str, Any] = {"url": url, "send_resolved": False}
     if config.heartbeat_credentials_file is not None:
         webhook["http_config"] = {"authorization": {"credentials_file": config.heartbeat_credentials_file}}
     return webhook
@@ -102,22 +105,39 @@ def inhibit_rules() -> list[dict[str, Any]]:
         # A page already says it; the warning of the same alert and stage would only repeat it.
         {"source_matchers": ['severity="critical"'], "target_matchers": ['severity="warning"'],
          "equal": ["alertname", "stage"]},
+        # HighErrorRate already paged for the stage's failures; the fast burn is the same incident.
+        {"source_matchers": ['alertname="HighErrorRate"'], "target_matchers": ['alertname="StageErrorBudgetBurn"'],
+         "equal": ["stage"]},
+        # An unreachable cluster mutes only what it causes through the exporter that cannot reach it.
         {"source_matchers": ['alertname="KafkaUnavailable"'],
-         "target_matchers": [f'alertname=~"{"|".join(KAFKA_CONSEQUENCES)}"']},
+         "target_matchers": [f'alertname=~"{"|".join(KAFKA_CONSEQUENCES_PER_EXPORTER)}"'],
+         "equal": ["job", "instance"]},
+        {"source_matchers": ['alertname="KafkaUnavailable"'],
+         "target_matchers": [f'alertname=~"{"|".join(KAFKA_CONSEQUENCES_PER_STAGE)}"'],
+         "equal": ["job"]},
         {"source_matchers": ['alertname="KafkaUnavailable"'],
          "target_matchers": ['alertname=~"TreewatchCollectorFailing|TreewatchDataStale"',
-                             f'collector=~"{KAFKA_BACKED_COLLECTORS}"']},
+                             f'collector=~"{KAFKA_BACKED_COLLECTORS}"'],
+         "equal": ["job", "instance"]},
         # A stalled group also has lag; the stall is the cause to act on.
         {"source_matchers": ['alertname="ConsumerGroupStalled"'],
          "target_matchers": ['alertname=~"HighConsumerLag|ConsumerLagTooOld"'], "equal": ["group", "topic"]},
         {"source_matchers": ['alertname="DLQOverflow"'], "target_matchers": ['alertname="DLQNewRecords"'],
          "equal": ["topic"]},
         {"source_matchers": ['alertname=~"TreewatchExporterDown|TreewatchExporterMissing"'],
-         "target_matchers": ['alertname="StageSLIMissing"']},
+         "target_matchers": ['alertname="StageSLIMissing"'], "equal": ["job"]},
     ]
 
 
 def alertmanager_config(config: MonitoringConfig) -> dict[str, Any]:
+    heartbeat = config.heartbeat_url
+    receivers: list[dict[str, Any]] = [
+        {"name": ONCALL_RECEIVER, "slack_configs": [_slack(config.slack_oncall_channel)]},
+        {"name": ALERTS_RECEIVER, "slack_configs": [_slack(config.slack_alerts_channel)]},
+    ]
+    if heartbeat:
+        receivers.append({"name": HEARTBEAT_RECEIVER, "webhook_configs": [_heartbeat(heartbeat, config)]})
+    receivers.append({"name": NULL_RECEIVER})
     return {
         "global": {"resolve_timeout": "5m", "slack_api_url_file": config.slack_api_url_file},
         "templates": list(config.alertmanager_templates),
@@ -129,7 +149,7 @@ def alertmanager_config(config: MonitoringConfig) -> dict[str, Any]:
             "group_interval": config.group_interval,
             "repeat_interval": config.warning_repeat_interval,
             "routes": [
-                {"matchers": ['alertname="Watchdog"'], "receiver": HEARTBEAT_RECEIVER,
+                {"matchers": ['alertname="Watchdog"'], "receiver": HEARTBEAT_RECEIVER if heartbeat else NULL_RECEIVER,
                  "group_wait": "0s", "group_interval": config.heartbeat_repeat_interval,
                  "repeat_interval": config.heartbeat_repeat_interval},
                 {"matchers": ['severity="critical"'], "receiver": ONCALL_RECEIVER,
@@ -139,10 +159,5 @@ def alertmanager_config(config: MonitoringConfig) -> dict[str, Any]:
             ],
         },
         "inhibit_rules": inhibit_rules(),
-        "receivers": [
-            {"name": ONCALL_RECEIVER, "slack_configs": [_slack(config.slack_oncall_channel)]},
-            {"name": ALERTS_RECEIVER, "slack_configs": [_slack(config.slack_alerts_channel)]},
-            {"name": HEARTBEAT_RECEIVER, "webhook_configs": [_heartbeat(config)]},
-            {"name": NULL_RECEIVER},
-        ],
+        "receivers": receivers,
     }

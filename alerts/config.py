@@ -3,13 +3,24 @@ so a threshold line on a panel is always the number an alert fires at (one numbe
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-from pipeline.config import DEFAULT_STAGES
-
-# The dashboards engineer generates these dashboards; their uids are fixed so links never break.
+# The dashboards' uids are fixed because every alert's dashboard_url and the dashboards' links to
+# each other name them.
 OVERVIEW_DASHBOARD_UID = "tree-stamping-overview"
 GROUPS_DLQ_DASHBOARD_UID = "tree-stamping-groups-dlq"
+
+# Recording rules the alerts and the dashboards both query (level:metric:operations; level = the
+# labels kept besides job), so a panel shows exactly the number its alert compares.
+STAGE_CONSUMER_LAG = "stage:kafka_consumer_group_lag:sum"
+STAGE_PROCESSED_RATE = "stage:tree_events_processed:rate5m"
+DLQ_RECORDS_WRITTEN = "stage_topic:kafka_topic_partition_current_offset:increase5m"
+
+
+def error_ratio_rule(window: str) -> str:
+    """The recording rule of a stage's failed / processed events over ``window``."""
+    return f"stage:tree_events_error_ratio:rate{window}"
 
 
 @dataclass(frozen=True)
@@ -20,8 +31,17 @@ class MonitoringConfig:
     dlq_overflow_records_5m: int = 10
     # LowThroughput (guide): events per second (1,000 files a minute).
     low_throughput_events_per_second: float = 16.67
+    # LowThroughput needs a real backlog: more records waiting than this many seconds of work at the
+    # target speed (16.67/s * 300 s = 5,000), so a lightly loaded stage whose commits trail its
+    # batches by a few records is not "slow".
+    low_throughput_backlog_seconds: int = 300
+    # The stages whose events are files, where 1,000 a minute is the target; discover counts projects.
+    low_throughput_stages: tuple[str, ...] = ("stamp", "index")
     # HighErrorRate (guide): failed / processed over 5 minutes.
     error_ratio: float = 0.05
+    # HighErrorRate and the SLO burn alerts ignore a stage processing fewer events per second than
+    # this over the alert's short window: 1 failure in 3 events is noise, not a 33 % error rate.
+    error_ratio_min_events_per_second: float = 0.1
     # SLO: share of a stage's events that must complete rather than fail.
     slo_objective: float = 0.999
     # SLO window the dashboards count the error budget left over (the burn rates assume 30 days).
@@ -30,18 +50,26 @@ class MonitoringConfig:
     # -- selectors ------------------------------------------------------------------------------
     # Prometheus' job for the treewatch exporter; every rule selects the exporter's series by it.
     exporter_selector: str = 'job="treewatch"'
-    # Which topics are dead letter queues (the guide's own regex), for the high-watermark based DLQ rules.
-    dlq_topic_selector: str = 'topic=~".*\\\\.dlq"'
-    # (consumer group, stage) pairs: consumer-group metrics carry no stage, the rules attach it from here.
-    stage_groups: tuple[tuple[str, str], ...] = tuple(
-        (stage["group"], name) for name, stage in DEFAULT_STAGES.items()
-    )
+    # Consumer groups HighConsumerLag leaves alone: treewatch's own DLQ replay groups
+    # (treewatch-dlq-replay-<topic>) lag behind their DLQ by design until someone replays it.
+    # (Which groups and topics belong to which stage comes from tree_pipeline_stage_info.)
+    lag_ignored_groups: str = "treewatch-.*"
 
     # -- consumer groups ------------------------------------------------------------------------
     # ConsumerLagTooOld: age of the oldest unconsumed record (kafka_consumer_group_lag_seconds).
     consumer_lag_max_age_seconds: int = 900
     # ConsumerGroupStalled: a partition with lag whose committed offset has not moved for this long.
     consumer_stalled_seconds: int = 600
+
+    # -- windows --------------------------------------------------------------------------------
+    # DLQOverflow (guide) and DLQNewRecords count the dead letters written in this window.
+    dlq_window: str = "5m"
+    # TreeServiceDown's value is the share of good probes over this window.
+    service_probe_window: str = "5m"
+    # TreeServiceDegraded's value is the share of this window the service reported itself not healthy.
+    service_degraded_window: str = "15m"
+    # TreewatchExporterDown's value is the share of good scrapes over this window.
+    exporter_scrape_window: str = "5m"
 
     # -- dead letter queues ---------------------------------------------------------------------
     # DLQRecordsUnhandled: the oldest record still in a DLQ is older than this (a day of neglect).
@@ -77,8 +105,10 @@ class MonitoringConfig:
     slack_api_url_file: str = "/etc/alertmanager/secrets/slack-api-url"
     # Template files, relative to alertmanager.yml (Alertmanager resolves them from its directory).
     alertmanager_templates: tuple[str, ...] = ("slack.tmpl",)
-    # Dead man's switch that expects the Watchdog heartbeat (not a secret: the token is below).
-    heartbeat_url: str = "http://localhost:9095/heartbeat"
+    # URL of the dead man's switch that expects the Watchdog heartbeat (e.g. a healthchecks.io
+    # check); None sends the Watchdog nowhere, so a deployment without one logs no delivery errors.
+    # Set it per deployment; a token it needs goes in heartbeat_credentials_file, never here.
+    heartbeat_url: str | None = None
     # File with a bearer token for the heartbeat service; None when it needs none.
     heartbeat_credentials_file: str | None = None
     # How often the Watchdog heartbeat is re-sent; the heartbeat service alarms when it stops.
@@ -97,11 +127,18 @@ class MonitoringConfig:
         """The URL of docs/runbooks.md; an alert's runbook_url adds "#<anchor>"."""
         return self.docs_base_url + "docs/runbooks.md"
 
-    def runbook_url(self, anchor: str) -> str:
-        return f"{self.runbook_base_url}#{anchor}"
+    def runbook_url(self, alert: str) -> str:
+        """The runbook section of an alert (its "## <AlertName>" heading)."""
+        return f"{self.runbook_base_url}#{runbook_anchor(alert)}"
 
     def dashboard_url(self, uid: str) -> str:
         return f"{self.grafana_url.rstrip('/')}/d/{uid}"
+
+
+def runbook_anchor(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading: lower case, punctuation dropped, spaces to '-'.
+    An alert's runbook section is the heading that is its name."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
 CONFIG = MonitoringConfig()

@@ -2,9 +2,14 @@
 
 The guide's four alerts keep their names, thresholds, ``for`` and severities; where the guide's
 expression misbehaves the fix is here and the reason is in ``docs/runbooks.md``. Consumer-group
-metrics carry no ``stage``: the recording rule ``treewatch:consumer_group_stage:info`` holds the
-(group, stage) pairs of the config and the group rules join it (``group_left (stage)``), so a
-group alert says which stage is stuck. Groups outside the pipeline are therefore not alerted on.
+metrics carry no ``stage``: the exporter's ``tree_pipeline_stage_info{stage, group, request_topic,
+dlq_topic}`` (the running pipeline's configuration) is joined to them, so a group alert says which
+stage is stuck and a renamed group or topic needs no change here.
+
+Recording rules are named level:metric:operations (level = the labels kept besides ``job``; the
+names are in alerts/config.py because the dashboards query them too). Two
+exporter replicas scrape the same Kafka and report the same numbers, so the rules take the max over
+``instance`` before they add anything up.
 """
 
 from __future__ import annotations
@@ -12,20 +17,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from alerts.config import GROUPS_DLQ_DASHBOARD_UID, OVERVIEW_DASHBOARD_UID, MonitoringConfig
+from alerts.config import (
+    DLQ_RECORDS_WRITTEN,
+    GROUPS_DLQ_DASHBOARD_UID,
+    OVERVIEW_DASHBOARD_UID,
+    STAGE_CONSUMER_LAG,
+    STAGE_PROCESSED_RATE,
+    MonitoringConfig,
+    error_ratio_rule,
+)
 
 SEVERITIES = ("critical", "warning", "info")
 
-CONSUMER_GROUP_STAGE = "treewatch:consumer_group_stage:info"
-STAGE_CONSUMER_LAG = "treewatch:stage_consumer_lag:sum"
-STAGE_PROCESSED_RATE = "treewatch:stage_events_processed:rate5m"
-DLQ_RECORDS_WRITTEN = "treewatch:dlq_records_written:increase5m"
+STAGE_INFO = "tree_pipeline_stage_info"
 # The SLO's windows: 5m..6h for the fast burn pairs, 2h..3d for the slow ones.
 ERROR_RATIO_WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
-
-
-def error_ratio_rule(window: str) -> str:
-    return f"treewatch:stage_error_ratio:rate{window}"
 
 
 @dataclass(frozen=True)
@@ -47,13 +53,8 @@ class Alert:
     description: str
     dashboard_uid: str
     labels: dict[str, str] = field(default_factory=dict)
-    # False only where the expression's value carries no information (absent(), vector(1)).
+    # False only where the expression's value carries no information (vector(1), info series).
     shows_value: bool = True
-
-    @property
-    def anchor(self) -> str:
-        """The runbook section: GitHub's anchor of a heading that is the alert's name."""
-        return self.name.lower()
 
     def to_dict(self, config: MonitoringConfig) -> dict[str, Any]:
         rule: dict[str, Any] = {"alert": self.name, "expr": self.expr}
@@ -63,7 +64,7 @@ class Alert:
         rule["annotations"] = {
             "summary": self.summary,
             "description": self.description,
-            "runbook_url": config.runbook_url(self.anchor),
+            "runbook_url": config.runbook_url(self.name),
             "dashboard_url": config.dashboard_url(self.dashboard_uid),
         }
         return rule
@@ -81,57 +82,79 @@ def _num(value: float) -> str:
     return f"{value:.6g}"
 
 
-def _with_stage(expr: str) -> str:
-    """Attach the stage of a consumer group (see the module docstring)."""
-    return f"({expr}) * on (group) group_left (stage) {CONSUMER_GROUP_STAGE}"
+def _one_replica(expr: str) -> str:
+    """One value per series whatever the number of exporter replicas (see the module docstring)."""
+    return f"max without (instance) ({expr})"
+
+
+def _stage_info(config: MonitoringConfig) -> str:
+    return f"{STAGE_INFO}{{{config.exporter_selector}}}"
+
+
+def _with_stage(expr: str, config: MonitoringConfig) -> str:
+    """Attach the stage of a consumer group: only the pipeline's groups remain."""
+    info = f"group by (job, instance, group, stage) ({_stage_info(config)})"
+    return f"({expr}) * on (job, instance, group) group_left (stage) {info}"
+
+
+def _error_ratio(config: MonitoringConfig, window: str) -> str:
+    job = config.exporter_selector
+    processed = f"sum by (job, stage) ({_one_replica(f'rate(tree_events_processed_total{{{job}}}[{window}])')})"
+    failed = _one_replica(f'rate(tree_events_processed_total{{{job}, status="failed"}}[{window}])')
+    # A stage without failed series counts 0 failures; a stage that processed nothing has no
+    # ratio at all (never 0/0 = NaN).
+    return f"(sum by (job, stage) ({failed}) or {processed} * 0) / ({processed} > 0)"
 
 
 def recording_rules(config: MonitoringConfig) -> RuleGroup:
     job = config.exporter_selector
-    stage_pairs = " or ".join(
-        f'label_replace(label_replace(vector(1), "group", "{group}", "", ""), "stage", "{stage}", "", "")'
-        for group, stage in config.stage_groups
-    )
-    processed = f"tree_events_processed_total{{{job}}}"
-    failed = f'tree_events_processed_total{{{job}, status="failed"}}'
-    lag = f"kafka_consumer_group_lag{{{job}}}"
-    ratios = tuple(
-        Recording(
-            error_ratio_rule(window),
-            # A stage without failed series counts 0 failures; a stage that processed nothing
-            # has no ratio at all (never 0/0 = NaN).
-            f"(sum by (stage) (rate({failed}[{window}])) or sum by (stage) (rate({processed}[{window}])) * 0)"
-            f" / (sum by (stage) (rate({processed}[{window}])) > 0)",
-        )
-        for window in ERROR_RATIO_WINDOWS
-    )
+    lag = _one_replica(_with_stage(f"kafka_consumer_group_lag{{{job}}}", config))
+    processed = _one_replica(f"rate(tree_events_processed_total{{{job}}}[5m])")
+    # Which topic is a stage's DLQ comes from the running configuration, not from the topic's name.
+    dlq_topics = (f'group by (job, topic, stage) (label_replace({_stage_info(config)},'
+                  f' "topic", "$1", "dlq_topic", "(.*)"))')
+    written = _one_replica(f"increase(kafka_topic_partition_current_offset{{{job}}}[{config.dlq_window}])")
+    ratios = tuple(Recording(error_ratio_rule(window), _error_ratio(config, window))
+                   for window in ERROR_RATIO_WINDOWS)
     return RuleGroup("treewatch.recording", (
-        Recording(CONSUMER_GROUP_STAGE, stage_pairs),
-        Recording(STAGE_CONSUMER_LAG, f"sum by (stage) ({_with_stage(lag)})"),
-        Recording(STAGE_PROCESSED_RATE, f"sum by (stage) (rate({processed}[5m]))"),
+        Recording(STAGE_CONSUMER_LAG, f"sum by (job, stage) ({lag})"),
+        Recording(STAGE_PROCESSED_RATE, f"sum by (job, stage) ({processed})"),
         Recording(
             DLQ_RECORDS_WRITTEN,
             # The DLQ's high watermark counts every dead letter ever written, whatever retention
-            # or reprocessing did since; the exporter's DLQ series say which stage a topic is.
-            f"sum by (stage, topic) (increase(kafka_topic_partition_current_offset"
-            f"{{{job}, {config.dlq_topic_selector}}}[5m])"
-            f" * on (topic) group_left (stage) group by (topic, stage) (tree_dlq_retained_records{{{job}}}))",
+            # or reprocessing did since, and needs only the topics collector (not the DLQ tail).
+            f"sum by (job, stage, topic) ({written} * on (job, topic) group_left (stage) {dlq_topics})",
         ),
         *ratios,
     ))
 
 
+def slo_budget_rules(config: MonitoringConfig) -> RuleGroup:
+    """The error ratio over the whole SLO window, for the error budget panel: a range of 30 days of
+    raw counters is too heavy to compute on every dashboard refresh, so it is recorded, rarely."""
+    return RuleGroup(
+        "treewatch.slo-budget",
+        (Recording(error_ratio_rule(config.slo_window), _error_ratio(config, config.slo_window)),),
+        interval="5m",
+    )
+
+
 def guide_alerts(config: MonitoringConfig) -> RuleGroup:
     """The guide's four, under the guide's group name."""
     job = config.exporter_selector
-    lag = _with_stage(f"kafka_consumer_group_lag{{{job}}}")
+    lag = f"kafka_consumer_group_lag{{{job}}}"
+    # Groups outside the pipeline keep the guide's alert, without a stage.
+    other_groups = (f'kafka_consumer_group_lag{{{job}, group!~"{config.lag_ignored_groups}"}}'
+                    f" unless on (job, instance, group) {_stage_info(config)}")
+    backlog = config.low_throughput_events_per_second * config.low_throughput_backlog_seconds
+    slow_stages = "|".join(config.low_throughput_stages)
     return RuleGroup("tree_stamping_alerts", (
         Alert(
             "HighConsumerLag",
-            f"{lag} > {config.consumer_lag_records}",
+            f"({_with_stage(lag, config)} or {other_groups}) > {config.consumer_lag_records}",
             "5m", "warning",
             "High consumer lag detected",
-            "Consumer group {{ $labels.group }} (stage {{ $labels.stage }}) has lag of"
+            "Consumer group {{ $labels.group }}{{ with $labels.stage }} (stage {{ . }}){{ end }} has lag of"
             " {{ $value | humanize }} records on {{ $labels.topic }} partition {{ $labels.partition }}"
             f" (threshold {config.consumer_lag_records}).",
             GROUPS_DLQ_DASHBOARD_UID,
@@ -142,22 +165,24 @@ def guide_alerts(config: MonitoringConfig) -> RuleGroup:
             "1m", "critical",
             "Dead Letter Queue overflow",
             "DLQ topic {{ $labels.topic }} (stage {{ $labels.stage }}) has {{ $value | humanize }} new"
-            f" failures in the last 5 minutes (threshold {config.dlq_overflow_records_5m}).",
+            f" failures in the last {config.dlq_window} (threshold {config.dlq_overflow_records_5m}).",
             GROUPS_DLQ_DASHBOARD_UID,
         ),
         Alert(
             "LowThroughput",
-            f"{STAGE_PROCESSED_RATE} < {_num(config.low_throughput_events_per_second)}"
-            f" and on (stage) {STAGE_CONSUMER_LAG} > 0",
+            f'{STAGE_PROCESSED_RATE}{{stage=~"{slow_stages}"}} < {_num(config.low_throughput_events_per_second)}'
+            f" and on (job, stage) {STAGE_CONSUMER_LAG} > {_num(backlog)}",
             "5m", "warning",
             "Low event processing throughput",
-            "Stage {{ $labels.stage }} throughput is {{ $value | humanize }} events/sec while records wait"
-            f" for it (target: ≥{_num(config.low_throughput_events_per_second)} events/sec).",
+            "Stage {{ $labels.stage }} throughput is {{ $value | humanize }} events/sec while more than"
+            f" {_num(backlog)} records wait for it"
+            f" (target: ≥{_num(config.low_throughput_events_per_second)} events/sec).",
             OVERVIEW_DASHBOARD_UID,
         ),
         Alert(
             "HighErrorRate",
-            f"{error_ratio_rule('5m')} > {_num(config.error_ratio)}",
+            f"{error_ratio_rule('5m')} > {_num(config.error_ratio)}"
+            f" and on (job, stage) {STAGE_PROCESSED_RATE} >= {_num(config.error_ratio_min_events_per_second)}",
             "5m", "critical",
             "High event processing error rate",
             "Stage {{ $labels.stage }} error rate is {{ $value | humanizePercentage }}"
@@ -175,10 +200,10 @@ def slo_alerts(config: MonitoringConfig) -> RuleGroup:
         threshold = _num(factor * budget)
         return f"({error_ratio_rule(long)} > {threshold} and {error_ratio_rule(short)} > {threshold})"
 
-    absent = " or ".join(
-        f"absent(tree_events_processed_total{{{config.exporter_selector}, stage=\"{stage}\"}})"
-        for _, stage in config.stage_groups
-    )
+    job = config.exporter_selector
+    # A stage the running pipeline has (its info series) but no processed counters for.
+    missing = (f"group by (job, stage) ({_stage_info(config)})"
+               f" unless on (job, stage) tree_events_processed_total{{{job}}}")
     def description(factors: str, consequence: str) -> str:
         return (
             "Stage {{ $labels.stage }} fails {{ $value | humanizePercentage }} of its events, burning its"
@@ -210,7 +235,7 @@ def slo_alerts(config: MonitoringConfig) -> RuleGroup:
         ),
         Alert(
             "StageSLIMissing",
-            absent,
+            missing,
             "10m", "warning",
             "A stage's SLI has no data",
             "Prometheus has no tree_events_processed_total series for stage {{ $labels.stage }}, so its error"
@@ -221,18 +246,30 @@ def slo_alerts(config: MonitoringConfig) -> RuleGroup:
     ))
 
 
+def _collector_failing(matchers: str) -> str:
+    """A collector whose last run failed, valued by the age of its last success; 0 when it has not
+    succeeded since the exporter started (the exporter has no last-success series for it then)."""
+    success = f"treewatch_collector_success{{{matchers}}}"
+    last_success = f"treewatch_collector_last_success_timestamp_seconds{{{matchers}}}"
+    return (f"(time() - {last_success} and on (job, instance, collector) {success} == 0)"
+            f" or ({success} == 0 unless on (job, instance, collector) {last_success})")
+
+
+# For the value _collector_failing gives: an age, or 0 for "never".
+_LAST_SUCCESS = ("{{ if $value }}it last succeeded {{ $value | humanizeDuration }} ago"
+                 "{{ else }}it has not succeeded since the exporter started{{ end }}")
+
+
 def kafka_alerts(config: MonitoringConfig) -> RuleGroup:
     job = config.exporter_selector
-    cluster = f'{job}, collector="kafka_cluster"'
     return RuleGroup("treewatch.kafka", (
         Alert(
             "KafkaUnavailable",
-            f"time() - treewatch_collector_last_success_timestamp_seconds{{{cluster}}}"
-            f" and treewatch_collector_success{{{cluster}}} == 0",
+            _collector_failing(f'{job}, collector="kafka_cluster"'),
             "1m", "critical",
             "Kafka is unavailable",
-            "The treewatch exporter at {{ $labels.instance }} cannot read the Kafka cluster's metadata; its"
-            " last successful read was {{ $value | humanizeDuration }} ago.",
+            "The treewatch exporter at {{ $labels.instance }} cannot read the Kafka cluster's metadata;"
+            f" {_LAST_SUCCESS}.",
             OVERVIEW_DASHBOARD_UID,
         ),
         Alert(
@@ -272,7 +309,8 @@ def consumer_group_alerts(config: MonitoringConfig) -> RuleGroup:
             "ConsumerGroupStalled",
             _with_stage(
                 f"time() - kafka_consumer_group_committed_offset_change_timestamp_seconds{{{job}}}"
-                f" > {config.consumer_stalled_seconds} and {lag} > 0"
+                f" > {config.consumer_stalled_seconds} and {lag} > 0",
+                config,
             ),
             "5m", "critical",
             "A consumer group makes no progress",
@@ -285,7 +323,8 @@ def consumer_group_alerts(config: MonitoringConfig) -> RuleGroup:
             "ConsumerGroupNoMembers",
             _with_stage(
                 f"sum by (job, instance, group) ({lag}) > 0"
-                f" and on (job, instance, group) kafka_consumer_group_members{{{job}}} == 0"
+                f" and on (job, instance, group) kafka_consumer_group_members{{{job}}} == 0",
+                config,
             ),
             "5m", "critical",
             "A stage's consumer group has no members while work waits",
@@ -295,7 +334,8 @@ def consumer_group_alerts(config: MonitoringConfig) -> RuleGroup:
         ),
         Alert(
             "ConsumerLagTooOld",
-            _with_stage(f"max by (job, instance, group, topic) (kafka_consumer_group_lag_seconds{{{job}}})")
+            _with_stage(f"max by (job, instance, group, topic) (kafka_consumer_group_lag_seconds{{{job}}})",
+                        config)
             + f" > {config.consumer_lag_max_age_seconds}",
             "5m", "warning",
             "The oldest unconsumed record is too old",
@@ -316,7 +356,7 @@ def dlq_alerts(config: MonitoringConfig) -> RuleGroup:
             "1m", "warning",
             "New records in a dead letter queue",
             "{{ $value | humanize }} new dead letter(s) arrived in {{ $labels.topic }}"
-            " (stage {{ $labels.stage }}) in the last 5 minutes.",
+            f" (stage {{{{ $labels.stage }}}}) in the last {config.dlq_window}.",
             GROUPS_DLQ_DASHBOARD_UID,
         ),
         Alert(
@@ -340,21 +380,22 @@ def service_alerts(config: MonitoringConfig) -> RuleGroup:
             "TreeServiceDown",
             # The value is the share of good probes, so a flapping service reads differently
             # from a dead one.
-            f"avg_over_time(tree_service_probe_success{{{job}}}[5m])"
+            f"avg_over_time(tree_service_probe_success{{{job}}}[{config.service_probe_window}])"
             f" and tree_service_probe_success{{{job}}} == 0",
             "2m", "critical",
             "A tree stamping service is down",
             "Service {{ $labels.service }} does not answer its health check;"
-            " {{ $value | humanizePercentage }} of its probes succeeded over the last 5 minutes.",
+            " {{ $value | humanizePercentage }} of its probes succeeded over the last"
+            f" {config.service_probe_window}.",
             OVERVIEW_DASHBOARD_UID,
         ),
         Alert(
             "TreeServiceDegraded",
-            f"avg_over_time({not_healthy}[15m]) and {not_healthy} == 1",
+            f"avg_over_time({not_healthy}[{config.service_degraded_window}]) and {not_healthy} == 1",
             "5m", "warning",
             "A tree stamping service reports itself degraded",
             "Service {{ $labels.service }} reports status {{ $labels.status }}; it did for"
-            " {{ $value | humanizePercentage }} of the last 15 minutes.",
+            f" {{{{ $value | humanizePercentage }}}} of the last {config.service_degraded_window}.",
             OVERVIEW_DASHBOARD_UID,
         ),
     ))
@@ -365,12 +406,12 @@ def meta_alerts(config: MonitoringConfig) -> RuleGroup:
     return RuleGroup("treewatch.meta", (
         Alert(
             "TreewatchExporterDown",
-            f"avg_over_time(up{{{job}}}[5m]) and up{{{job}}} == 0",
+            f"avg_over_time(up{{{job}}}[{config.exporter_scrape_window}]) and up{{{job}}} == 0",
             "2m", "critical",
             "The treewatch exporter is down",
             "Prometheus cannot scrape the treewatch exporter at {{ $labels.instance }}; {{ $value |"
-            " humanizePercentage }} of scrapes succeeded over the last 5 minutes. Every other pipeline"
-            " alert is blind meanwhile.",
+            f" humanizePercentage }}}} of scrapes succeeded over the last {config.exporter_scrape_window}."
+            " Every other pipeline alert is blind meanwhile.",
             OVERVIEW_DASHBOARD_UID,
         ),
         Alert(
@@ -385,23 +426,24 @@ def meta_alerts(config: MonitoringConfig) -> RuleGroup:
         ),
         Alert(
             "TreewatchCollectorFailing",
-            f"time() - treewatch_collector_last_success_timestamp_seconds{{{job}}}"
-            f" and treewatch_collector_success{{{job}}} == 0",
+            _collector_failing(job),
             "5m", "warning",
             "A treewatch collector is failing",
             "Collector {{ $labels.collector }} of the exporter at {{ $labels.instance }} keeps failing;"
-            " it last succeeded {{ $value | humanizeDuration }} ago.",
+            f" {_LAST_SUCCESS}.",
             OVERVIEW_DASHBOARD_UID,
         ),
         Alert(
             "TreewatchDataStale",
             f"time() - treewatch_collector_last_success_timestamp_seconds{{{job}}}"
-            f" > {config.data_stale_seconds}",
+            f" > {config.data_stale_seconds}"
+            f" or (treewatch_collector_success{{{job}}} == 0"
+            f" unless on (job, instance, collector) treewatch_collector_last_success_timestamp_seconds{{{job}}})",
             "2m", "warning",
             "treewatch serves stale data",
-            "Collector {{ $labels.collector }} of the exporter at {{ $labels.instance }} last succeeded"
-            " {{ $value | humanizeDuration }} ago"
-            f" (threshold {config.data_stale_seconds}s); its panels and alerts show old numbers.",
+            "Collector {{ $labels.collector }} of the exporter at {{ $labels.instance }}:"
+            f" {_LAST_SUCCESS} (threshold {config.data_stale_seconds}s); its panels and alerts show old"
+            " numbers or none.",
             OVERVIEW_DASHBOARD_UID,
         ),
         Alert(
@@ -420,6 +462,7 @@ def meta_alerts(config: MonitoringConfig) -> RuleGroup:
 def rule_groups(config: MonitoringConfig) -> tuple[RuleGroup, ...]:
     return (
         recording_rules(config),
+        slo_budget_rules(config),
         guide_alerts(config),
         slo_alerts(config),
         kafka_alerts(config),

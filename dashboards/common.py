@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from grafanalib import core as g
 
-from alerts.config import CONFIG, GROUPS_DLQ_DASHBOARD_UID, OVERVIEW_DASHBOARD_UID
+from alerts.config import CONFIG, DLQ_RECORDS_WRITTEN, GROUPS_DLQ_DASHBOARD_UID, OVERVIEW_DASHBOARD_UID
 
 # Panels and targets name the datasource through the variable, never by name, so one JSON file
 # works against whichever Prometheus the variable selects; the provisioned one has uid "prometheus".
@@ -26,8 +26,8 @@ GROUPS_DLQ_UID = GROUPS_DLQ_DASHBOARD_UID
 # What Grafana substitutes for a multi-value variable set to "All": a regex every value matches.
 ALL_VALUE = ".*"
 
-# The window of DLQOverflow, as named by CONFIG.dlq_overflow_records_5m.
-DLQ_OVERFLOW_WINDOW = "5m"
+# The window DLQOverflow counts new dead letters in.
+DLQ_OVERFLOW_WINDOW = CONFIG.dlq_window
 
 GREEN, ORANGE, RED = "green", "orange", "red"
 
@@ -38,15 +38,9 @@ GRID_WIDTH = 24
 MAX_DATA_POINTS = None
 
 
-def runbook_anchor(alert: str) -> str:
-    """The runbook section of an alert: GitHub's anchor of its "## <AlertName>" heading, as the alert
-    rules' runbook_url has it."""
-    return alert.lower()
-
-
 def runbooks(*alerts: str) -> list[g.DataLink]:
     """Panel links to the runbook sections of the alerts a panel shows the cause of."""
-    return [g.DataLink(title=f"Runbook: {alert}", linkUrl=CONFIG.runbook_url(runbook_anchor(alert)),
+    return [g.DataLink(title=f"Runbook: {alert}", linkUrl=CONFIG.runbook_url(alert),
                        isNewTab=True) for alert in alerts]
 
 
@@ -58,13 +52,15 @@ def sel(metric: str, matchers: str = "") -> str:
 
 
 def dlq_records_written(stage_matchers: str = "") -> str:
-    """Records written to each stage's dead letter queue topic in DLQ_OVERFLOW_WINDOW: the growth of
-    the topic's high watermarks, given the stage of the DLQ series on the same topic. This is what
-    the DLQOverflow rule compares with its threshold."""
-    offsets = sel("kafka_topic_partition_current_offset", CONFIG.dlq_topic_selector)
-    stages = sel("tree_dlq_retained_records", stage_matchers)
-    return (f"sum by (stage, topic) (\n  increase({offsets}[{DLQ_OVERFLOW_WINDOW}])\n"
-            f"  * on (topic) group_left (stage)\n  group by (topic, stage) ({stages})\n)")
+    """Records written to each stage's dead letter queue topic in DLQ_OVERFLOW_WINDOW: the recording
+    rule DLQOverflow compares with its threshold."""
+    return sel(DLQ_RECORDS_WRITTEN, stage_matchers)
+
+
+def one_replica(expr: str) -> str:
+    """One value per series however many exporter replicas Prometheus scrapes: they watch the same
+    Kafka and report the same numbers, so a panel that adds series up must not add replicas up."""
+    return f"max without (instance) ({expr})"
 
 
 def datasource_variable() -> g.Template:
@@ -137,13 +133,25 @@ def one_hot_code(metric: str, label: str, states: Sequence[str], by: str, matche
     terms = []
     for code, state in enumerate(states, start=1):
         selector = sel(metric, f'{label}="{state}"{extra}')
-        terms.append(f"{code} * sum by ({by}) ({selector})")
+        terms.append(f"{code} * sum by ({by}) ({one_replica(selector)})")
     return "\n + ".join(terms)
+
+
+def threshold_override(series_regex: str, thresholds: list[dict]) -> dict:
+    """Thresholds drawn (and coloured) only for the series whose display name matches the regex."""
+    return {
+        "matcher": {"id": "byRegexp", "options": series_regex},
+        "properties": [
+            {"id": "thresholds", "value": {"mode": "absolute", "steps": thresholds}},
+            {"id": "custom.thresholdsStyle", "value": {"mode": "line"}},
+        ],
+    }
 
 
 def timeseries(title: str, description: str, queries: list[g.Target], *, unit: str,
                thresholds: list[dict] | None = None, links: Sequence[g.DataLink] = (),
-               stacked: bool = False, bars: bool = False, min_zero: bool = True) -> g.TimeSeries:
+               stacked: bool = False, bars: bool = False, min_zero: bool = True,
+               overrides: Sequence[dict] = ()) -> g.TimeSeries:
     return g.TimeSeries(
         title=title,
         description=description,
@@ -162,6 +170,7 @@ def timeseries(title: str, description: str, queries: list[g.Target], *, unit: s
         tooltipMode="multi",
         tooltipSort="desc",
         valueMin=0 if min_zero else None,
+        overrides=list(overrides),
     )
 
 

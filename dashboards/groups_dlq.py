@@ -2,7 +2,9 @@
 commit progress for the chosen groups and topics, and the chosen stages' dead letter queues.
 
 Consumer group series carry group/topic/partition and no stage; pipeline and DLQ series carry
-stage. So $group and $topic filter the group and topic panels, and $stage the DLQ panels."""
+stage. So $group and $topic filter the group and topic panels, and $stage the DLQ panels; $stage also
+narrows $group to the chosen stages' groups through tree_pipeline_stage_info (the running pipeline's
+configuration), so groups outside the pipeline are not offered here."""
 
 from __future__ import annotations
 
@@ -88,12 +90,12 @@ def topics(layout: c.Layout) -> None:
         "Records written per second",
         "How fast producers write to each selected topic (growth of its high watermarks); compare with "
         "the groups' commit progress above.",
-        [c.target(f"sum by (topic) (deriv({current}[$__rate_interval]))", "{{topic}}")], unit="cps",
+        [c.target(f"sum by (topic) ({c.one_replica(f'deriv({current}[$__rate_interval])')})", "{{topic}}")], unit="cps",
         min_zero=False), w=12)
     layout.add(c.timeseries(
         "Retained records",
         "Records each selected topic still retains (high watermark minus log start, over its partitions).",
-        [c.target(f"sum by (topic) ({current} - {oldest})", "{{topic}}")], unit="short"), w=12)
+        [c.target(f"sum by (topic) ({c.one_replica(f'{current} - {oldest}')})", "{{topic}}")], unit="short"), w=12)
 
 
 def dead_letters(layout: c.Layout) -> None:
@@ -120,14 +122,15 @@ def dead_letters(layout: c.Layout) -> None:
     records = c.sel("tree_dlq_records_total", STAGE)
     layout.add(c.timeseries(
         "Error types over time", "Dead letters per second by stage and error_type.",
-        [c.target(f"sum by (stage, error_type) (rate({records}[$__rate_interval]))",
+        [c.target(f"sum by (stage, error_type) ({c.one_replica(f'rate({records}[$__rate_interval])')})",
                   "{{stage}} {{error_type}}")],
         unit="cps", stacked=True, bars=True, links=c.runbooks("DLQNewRecords")), w=16)
     layout.add(c.table(
         "Error types in the selected range",
         "Dead letters per stage and error_type over the whole selected time range, most frequent first: "
         "the guide's 'group by error type'.",
-        [c.target(f"sum by (stage, error_type) (increase({records}[$__range]))", instant=True, table=True)],
+        [c.target(f"sum by (stage, error_type) ({c.one_replica(f'increase({records}[$__range])')})",
+                  instant=True, table=True)],
         unit="short", sort_by="Value", links=c.runbooks("DLQNewRecords")), w=8)
     layout.add(c.timeseries(
         "Events in flight", "Requests of each selected stage not yet completed or failed.",
@@ -137,7 +140,7 @@ def dead_letters(layout: c.Layout) -> None:
         "Failed per second",
         "Events per second read from each selected stage's failed topic; the ones no retry saves end up "
         "in the dead letter queue.",
-        [c.target(f"sum by (stage) (rate({failed}[$__rate_interval]))", "{{stage}}")], unit="reqps",
+        [c.target(f"sum by (stage) ({c.one_replica(f'rate({failed}[$__rate_interval])')})", "{{stage}}")], unit="reqps",
         links=c.runbooks("HighErrorRate")), w=12)
 
 
@@ -154,7 +157,7 @@ def build() -> g.Dashboard:
         layout=layout,
         variables=[
             c.query_variable("stage", "Stage", "tree_events_in_flight"),
-            c.query_variable("group", "Consumer group", "kafka_consumer_group_lag"),
+            c.query_variable("group", "Consumer group", "tree_pipeline_stage_info", matchers=STAGE),
             c.query_variable("topic", "Topic", "kafka_consumer_group_lag", matchers=GROUP),
         ],
         links=[c.dashboard_link("Overview", c.OVERVIEW_UID), c.runbook_dashboard_link()],

@@ -1,22 +1,21 @@
-"""Tree Stamping: Overview — the first screen on call: services, Kafka, the three stages, consumer
-lag, dead letter queues and the exporter's own health, with the alert thresholds drawn in.
+"""Tree Stamping: Overview — the first screen on call: the alerts firing now, services, Kafka, the
+three stages, consumer lag, dead letter queues and the exporter's own health, with the alert
+thresholds drawn in.
 
-Each threshold panel computes what its alert computes (same aggregation, same window where the
-alert has a fixed one), so a line crossed on the panel is an alert firing."""
+Each threshold panel computes what its alert computes (the same recording rule where the alert
+uses one, otherwise the same aggregation), so a line crossed on the panel is an alert firing."""
 
 from __future__ import annotations
 
 from grafanalib import core as g
 
-from alerts.config import CONFIG
+from alerts.config import CONFIG, STAGE_PROCESSED_RATE, error_ratio_rule
 from dashboards import common as c
 from dashboards.common import GREEN, ORANGE, RED
 from exporter.metrics import SERVICE_STATES
 
 PROCESSED = c.sel("tree_events_processed_total")
-FAILED = c.sel("tree_events_processed_total", 'status="failed"')
 PROCESSED_RATE = f"rate({PROCESSED}[$__rate_interval])"
-FAILED_RATE = f"rate({FAILED}[$__rate_interval])"
 # The share of events the SLO lets fail, e.g. 0.001 for 99.9 %; rounded so 1 - 0.999 prints as 0.001.
 SLO_ERROR_BUDGET = round(1 - CONFIG.slo_objective, 12)
 
@@ -25,6 +24,18 @@ def service_status_mappings() -> list:
     colors = {"healthy": GREEN, "degraded": ORANGE, "unhealthy": RED, "unknown": "purple"}
     states = ((code, state, colors[state]) for code, state in enumerate(SERVICE_STATES, start=1))
     return c.value_mappings((0, "no status", "text"), *states)
+
+
+def firing_alerts(layout: c.Layout) -> None:
+    layout.row("Alerts")
+    # ALERTS is Prometheus' own series of its alerting rules' state, not an exporter metric.
+    firing = 'ALERTS{alertstate="firing", alertname!="Watchdog"}'
+    layout.add(c.table(
+        "Firing alerts",
+        "The alerts Prometheus evaluates as firing now (the Watchdog left out), with their labels; each "
+        "alert's runbook is linked from the panels below and from its Slack message.",
+        [c.target(firing, instant=True, table=True)], unit="none",
+        hidden_columns=("Time", "Value", "__name__", "alertstate")), w=24, h=6)
 
 
 def services(layout: c.Layout) -> None:
@@ -84,14 +95,14 @@ def kafka(layout: c.Layout) -> None:
         thresholds=c.below(1), text_mode="value", links=c.runbooks("KafkaUnavailable")), w=4, h=4)
     layout.add(c.stat(
         "Leaderless partitions", "Partitions without a leader, over every topic the exporter watches.",
-        [c.target(f"sum({c.sel('kafka_topic_leaderless_partitions')})", "leaderless")], unit="short",
+        [c.target(f"sum({c.one_replica(c.sel('kafka_topic_leaderless_partitions'))})", "leaderless")], unit="short",
         thresholds=c.above(1), text_mode="value", links=c.runbooks("KafkaLeaderlessPartitions")), w=4, h=4)
     under_replicated = c.sel("kafka_topic_under_replicated_partitions")
     layout.add(c.stat(
         "Under-replicated partitions",
         "Partitions whose in-sync replicas are fewer than their replicas, over every topic the exporter "
         "watches.",
-        [c.target(f"sum({under_replicated})", "under-replicated")], unit="short",
+        [c.target(f"sum({c.one_replica(under_replicated)})", "under-replicated")], unit="short",
         thresholds=c.above(1, ORANGE), text_mode="value",
         links=c.runbooks("KafkaUnderReplicatedPartitions")), w=4, h=4)
 
@@ -101,41 +112,47 @@ def stages(layout: c.Layout) -> None:
     requested = c.sel("tree_events_requested_total")
     layout.add(c.timeseries(
         "Requests per stage", "Requests written to each stage's request topic, per second.",
-        [c.target(f"sum by (stage) (rate({requested}[$__rate_interval]))", "{{stage}}")], unit="reqps"), w=8)
+        [c.target(f"sum by (stage) ({c.one_replica(f'rate({requested}[$__rate_interval])')})", "{{stage}}")],
+        unit="reqps"), w=8)
+    slow_stages = "|".join(CONFIG.low_throughput_stages)
+    backlog = CONFIG.low_throughput_events_per_second * CONFIG.low_throughput_backlog_seconds
     layout.add(c.timeseries(
         "Processed per stage",
-        "Events that finished each stage (completed or failed), per second. Below the line "
-        "(1,000 files a minute) LowThroughput fires, but only while records wait for the stage.",
-        [c.target(f"sum by (stage) ({PROCESSED_RATE})", "{{stage}}")], unit="reqps",
-        thresholds=c.below(CONFIG.low_throughput_events_per_second), links=c.runbooks("LowThroughput")), w=8)
+        "Events that finished each stage (completed or failed), per second over 5 minutes. Below the line "
+        f"(1,000 files a minute; drawn for {', '.join(CONFIG.low_throughput_stages)} only: discover counts "
+        f"projects) LowThroughput fires, but only while more than {backlog:.0f} records wait for the stage.",
+        [c.target(c.sel(STAGE_PROCESSED_RATE), "{{stage}}")], unit="reqps",
+        overrides=[c.threshold_override(f"^({slow_stages})$", c.below(CONFIG.low_throughput_events_per_second))],
+        links=c.runbooks("LowThroughput")), w=8)
     layout.add(c.timeseries(
         "Completed and failed per stage",
         "Events per second read from each stage's completed and failed topics.",
-        [c.target(f"sum by (stage, status) ({PROCESSED_RATE})", "{{stage}} {{status}}")], unit="reqps"), w=8)
-    error_ratio = f"sum by (stage) ({FAILED_RATE})\n/\n(sum by (stage) ({PROCESSED_RATE}) > 0)"
+        [c.target(f"sum by (stage, status) ({c.one_replica(PROCESSED_RATE)})", "{{stage}} {{status}}")],
+        unit="reqps"), w=8)
+    error_ratio = c.sel(error_ratio_rule("5m"))
     layout.add(c.timeseries(
         "Error ratio per stage",
-        f"Failed / processed events. Orange above the SLO's allowed error ratio ({SLO_ERROR_BUDGET:.1%}), "
+        "Failed / processed events over 5 minutes, as HighErrorRate computes it. Orange above the SLO's "
+        f"allowed error ratio ({SLO_ERROR_BUDGET:.1%}), "
         f"red above HighErrorRate's threshold ({CONFIG.error_ratio:.0%}). No line while a stage processes "
         "nothing.",
         [c.target(error_ratio, "{{stage}}")], unit="percentunit",
         thresholds=c.steps(GREEN, (SLO_ERROR_BUDGET, ORANGE), (CONFIG.error_ratio, RED)),
         links=c.runbooks("HighErrorRate", "StageErrorBudgetBurn")), w=8)
     window = CONFIG.slo_window
-    failed = f"sum by (stage) (increase({FAILED}[{window}]))"
-    processed = f"sum by (stage) (increase({PROCESSED}[{window}]))"
     layout.add(c.stat(
         f"Error budget left ({window})",
         f"Share of the error budget still unspent over the last {window}: the SLO lets "
         f"{SLO_ERROR_BUDGET:.1%} of a stage's events fail ({CONFIG.slo_objective:.1%} must complete). "
-        "Below 0 the SLO is missed.",
-        [c.target(f"1 - ({failed}\n/\n({processed} > 0)) / {SLO_ERROR_BUDGET}", "{{stage}}")],
+        "Below 0 the SLO is missed. Recorded every 5 minutes.",
+        [c.target(f"1 - {c.sel(error_ratio_rule(window))} / {SLO_ERROR_BUDGET}", "{{stage}}", instant=True)],
         unit="percentunit", thresholds=c.steps(RED, (0, ORANGE), (0.25, GREEN)),
         links=c.runbooks("StageErrorBudgetBurn", "StageSLIMissing")), w=8)
     layout.add(c.timeseries(
         "Events in flight per stage",
         "Requests of each stage not yet completed or failed (requested minus processed).",
-        [c.target(f"sum by (stage) ({c.sel('tree_events_in_flight')})", "{{stage}}")], unit="short"), w=8)
+        [c.target(f"sum by (stage) ({c.one_replica(c.sel('tree_events_in_flight'))})", "{{stage}}")],
+        unit="short"), w=8)
 
 
 def consumer_lag(layout: c.Layout) -> None:
@@ -166,7 +183,7 @@ def dead_letters(layout: c.Layout) -> None:
     layout.row("Dead letter queues")
     layout.add(c.timeseries(
         "DLQ depth per stage", "Records retained in each stage's dead letter queue.",
-        [c.target(f"sum by (stage) ({c.sel('tree_dlq_retained_records')})", "{{stage}}")], unit="short",
+        [c.target(f"sum by (stage) ({c.one_replica(c.sel('tree_dlq_retained_records'))})", "{{stage}}")], unit="short",
         links=c.runbooks("DLQNewRecords", "DLQRecordsUnhandled")), w=8)
     window = c.DLQ_OVERFLOW_WINDOW
     layout.add(c.timeseries(
@@ -180,7 +197,7 @@ def dead_letters(layout: c.Layout) -> None:
         "New DLQ records by error type",
         "Dead letters per second by stage and error_type (FILE_NOT_FOUND, INTELLIGENCE_SERVICE_ERROR, "
         "ENCODING_ERROR...; 'unparseable' when a record is not a JSON object).",
-        [c.target(f"sum by (stage, error_type) (rate({records}[$__rate_interval]))",
+        [c.target(f"sum by (stage, error_type) ({c.one_replica(f'rate({records}[$__rate_interval])')})",
                   "{{stage}} {{error_type}}")],
         unit="cps", stacked=True, bars=True, links=c.runbooks("DLQNewRecords")), w=8)
 
@@ -207,7 +224,8 @@ def exporter_health(layout: c.Layout) -> None:
     errors = c.sel("treewatch_collector_errors_total")
     layout.add(c.stat(
         "Failed collector runs in range", "Collector runs that failed during the selected time range.",
-        [c.target(f"sum by (collector) (increase({errors}[$__range]))", "{{collector}}")], unit="short",
+        [c.target(f"sum by (collector) (increase({errors}[$__range]))", "{{collector}}", instant=True)],
+        unit="short",
         thresholds=c.above(1, ORANGE), links=failing), w=8)
     layout.add(c.stat(
         "Series dropped by max_series",
@@ -223,6 +241,7 @@ def exporter_health(layout: c.Layout) -> None:
 
 def build() -> g.Dashboard:
     layout = c.Layout()
+    firing_alerts(layout)
     services(layout)
     kafka(layout)
     stages(layout)
@@ -232,8 +251,8 @@ def build() -> g.Dashboard:
     return c.dashboard(
         uid=c.OVERVIEW_UID,
         title="Tree Stamping: Overview",
-        description="The tree stamping pipeline at a glance: services, Kafka, stages, consumer lag, DLQs and "
-        "the treewatch exporter. Threshold lines are the alert thresholds.",
+        description="The tree stamping pipeline at a glance: firing alerts, services, Kafka, stages, consumer "
+        "lag, DLQs and the treewatch exporter. Threshold lines are the alert thresholds.",
         layout=layout,
         variables=[],
         links=[c.dashboard_link("Consumer groups and DLQ", c.GROUPS_DLQ_UID), c.runbook_dashboard_link()],

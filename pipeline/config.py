@@ -369,7 +369,21 @@ def _stages(data: dict[str, dict[str, str]], env: str, source: str) -> tuple[Sta
             raise ConfigError(f"{source}: stages.{name}: a new stage needs {', '.join(missing)}")
         stages.append(Stage(name=name, **{key: _expand(value, env, f"stages.{name}.{key}", source)
                                           for key, value in fields.items()}))
+    _refuse_shared_names(stages, source)
     return tuple(stages)
+
+
+def _refuse_shared_names(stages: list[Stage], source: str) -> None:
+    """Each topic and group belongs to one stage: a metric, an alert or a replay that finds a
+    topic or group must be able to tell which stage it is."""
+    owner: dict[str, str] = {}
+    for stage in stages:
+        for field_name, name in [*((f"{role}_topic", topic) for role, topic in stage.topics.items()),
+                                 ("group", stage.group)]:
+            if name in owner:
+                raise ConfigError(f"{source}: stages.{stage.name}.{field_name}: {name!r} is already used by "
+                                  f"{owner[name]}; every stage needs its own topics and group")
+            owner[name] = f"stages.{stage.name}.{field_name}"
 
 
 def _expand(template: str, env: str, field_name: str, source: str) -> str:

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from alerts import generate
-from alerts.config import CONFIG, GROUPS_DLQ_DASHBOARD_UID, OVERVIEW_DASHBOARD_UID
+from alerts.config import CONFIG, GROUPS_DLQ_DASHBOARD_UID, OVERVIEW_DASHBOARD_UID, runbook_anchor
 from alerts.promql import metric_names
 from exporter import metrics
 
@@ -50,11 +50,9 @@ def _seconds(duration: str) -> int:
 
 
 def _runbook_anchors() -> set[str]:
-    """GitHub's anchors for the runbook's headings: lower case, punctuation dropped, spaces to '-'."""
-    anchors = set()
-    for heading in re.findall(r"^#{1,6}\s+(.+?)\s*$", RUNBOOKS.read_text(), flags=re.MULTILINE):
-        anchors.add(re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-"))
-    return anchors
+    """GitHub's anchors for the runbook's headings."""
+    headings = re.findall(r"^#{1,6}\s+(.+?)\s*$", RUNBOOKS.read_text(), flags=re.MULTILINE)
+    return {runbook_anchor(heading) for heading in headings}
 
 
 def _promtool_cases() -> list[dict[str, Any]]:
@@ -96,9 +94,8 @@ def test_alert_has_labels_and_annotations(rule: dict[str, Any]) -> None:
     assert "{{" in annotations["description"], "description must be templated"
     if rule["alert"] not in VALUELESS:
         assert re.search(r"\$value \| humanize", annotations["description"]), "value not shown"
-    anchor = rule["alert"].lower()
-    assert annotations["runbook_url"] == CONFIG.runbook_url(anchor)
-    assert anchor in _runbook_anchors(), f"docs/runbooks.md has no section for {rule['alert']}"
+    assert annotations["runbook_url"] == f"{CONFIG.runbook_base_url}#{runbook_anchor(rule['alert'])}"
+    assert runbook_anchor(rule["alert"]) in _runbook_anchors(), f"docs/runbooks.md has no section for {rule['alert']}"
     assert annotations["dashboard_url"] in {
         CONFIG.dashboard_url(OVERVIEW_DASHBOARD_UID), CONFIG.dashboard_url(GROUPS_DLQ_DASHBOARD_UID)
     }

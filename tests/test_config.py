@@ -145,3 +145,9 @@ def test_listen_addresses_take_ipv4_ipv6_and_any(address, host_port):
 def test_a_listen_address_without_a_port_says_what_is_expected():
     with pytest.raises(ConfigError, match=r"exporter.listen_address: expected host:port, \[ipv6\]:port"):
         parse_config({"exporter": {"listen_address": "localhost"}}, "t.yaml")
+
+
+def test_two_stages_sharing_a_group_are_refused_with_both_fields_named():
+    with pytest.raises(ConfigError, match=r"t.yaml: stages.index.group: 'stamping-generator-group' is already "
+                                          r"used by stages.stamp.group"):
+        parse_config({"stages": {"index": {"group": "stamping-generator-group"}}}, "t.yaml")

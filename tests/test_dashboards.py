@@ -4,8 +4,10 @@ against a real Prometheus (Debian's 2.42) holding two hours of the exporter's me
 The data is built deterministically from exporter.metrics: every family with every label
 combination the default pipeline has (three stages, their groups and topics, four services,
 every collector), counters increasing, gauges varying, and a few incidents on purpose (a service
-whose probe fails, a stalled partition, an empty group) so the panels that show problems have
-something to show. promtool turns it into TSDB blocks and one Prometheus serves the whole module.
+whose probe fails, a stalled partition, an empty group, alerts firing) so the panels that show
+problems have something to show. promtool turns it into TSDB blocks, then backfills the generated
+recording rules over it (``promtool tsdb create-blocks-from rules``), and one Prometheus serves the
+whole module: panels that query a recording rule see what the alert sees.
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ import httpx
 import pytest
 import yaml
 
-from alerts.config import CONFIG
+from alerts import generate as alerts_generate
+from alerts.config import CONFIG, runbook_anchor
+from alerts.promql import metric_names
+from alerts.rules import recordings
 from dashboards import common, generate
 from devkafka import free_port
 from exporter import metrics
@@ -87,26 +92,9 @@ def query_variables(dashboard: dict) -> list[dict]:
 
 LABEL_VALUES = re.compile(r"^label_values\((?P<selector>.+),\s*(?P<label>\w+)\)$", re.DOTALL)
 
-PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless",
-                   "bool", "offset", "inf", "nan"}
-
-
-def metric_names(expr: str) -> set[str]:
-    """The metric names a PromQL expression selects: identifiers that are not functions, keywords,
-    label names in matchers or grouping clauses, durations, numbers or variables."""
-    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
-    text = re.sub(r"\{[^}]*\}", "", text)
-    text = re.sub(r"\[[^\]]*\]", "", text)
-    text = re.sub(r"\boffset\s+-?\w+", "", text)
-    text = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", text)
-    text = VARIABLE_REFERENCE.sub("", text)
-    text = re.sub(r"(?<![\w:])\d+(?:\.\d+)?(?:[eE][+-]?\d+)?", "", text)
-    names = set()
-    for match in re.finditer(r"[A-Za-z_:][\w:]*", text):
-        if match.group().lower() in PROMQL_KEYWORDS or re.match(r"\s*\(", text[match.end():]):
-            continue
-        names.add(match.group())
-    return names
+RECORDING_RULES = {rule.record for rule in recordings(CONFIG)}
+# Prometheus' own series of its alerting rules' state, which the firing-alerts panel reads.
+PROMETHEUS_ALERTS = "ALERTS"
 
 
 # -- structure --------------------------------------------------------------------------------------
@@ -202,24 +190,26 @@ def test_every_metric_is_one_the_exporter_defines():
             match = LABEL_VALUES.match(variable["query"])
             assert match, f"{name} ${variable['name']}: not a label_values() query"
             exprs.append((f"{name} ${variable['name']}", match["selector"]))
+    known = metrics.names() | RECORDING_RULES | {PROMETHEUS_ALERTS}
     for where, expr in exprs:
         names = metric_names(expr)
         assert names, f"{where}: no metric found in {expr!r}"
-        unknown = names - metrics.names()
-        assert not unknown, f"{where}: not defined in exporter/metrics.py: {unknown}"
+        unknown = names - known
+        assert not unknown, f"{where}: neither in exporter/metrics.py nor a recording rule: {unknown}"
 
 
-def test_metric_name_extraction():
-    expr = ('1 - (sum by (stage) (increase(tree_events_processed_total{job="x", status="failed"}[30d]))\n'
-            '/ (sum by (stage) (rate(tree_events_requested_total[$__rate_interval])) > 0)) / 1e-3\n'
-            'and on (group) kafka_consumer_group_lag offset 5m')
-    assert metric_names(expr) == {"tree_events_processed_total", "tree_events_requested_total",
-                                  "kafka_consumer_group_lag"}
+def _threshold_steps(panel: dict) -> Iterator[dict]:
+    """The panel's threshold steps, its own and those of its per-series overrides."""
+    yield from panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    for override in panel["fieldConfig"].get("overrides", []):
+        for prop in override["properties"]:
+            if prop["id"] == "thresholds":
+                yield from prop["value"]["steps"]
 
 
 def test_thresholds_come_from_the_monitoring_config():
     steps = [step["value"] for dashboard in DASHBOARDS.values() for panel in data_panels(dashboard)
-             for step in panel["fieldConfig"]["defaults"]["thresholds"]["steps"]]
+             for step in _threshold_steps(panel)]
     for field in ("consumer_lag_records", "dlq_overflow_records_5m", "low_throughput_events_per_second",
                   "error_ratio", "consumer_lag_max_age_seconds", "consumer_stalled_seconds",
                   "dlq_oldest_record_max_age_seconds", "data_stale_seconds"):
@@ -235,13 +225,19 @@ def test_panels_link_to_runbook_sections():
         assert url.startswith(CONFIG.runbook_base_url + "#"), url
 
 
-def github_anchor(heading: str) -> str:
-    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+def test_low_throughput_line_is_drawn_only_for_the_stages_it_applies_to():
+    overview = DASHBOARDS["tree-stamping-overview.json"]
+    (panel,) = [panel for panel in data_panels(overview) if panel["title"] == "Processed per stage"]
+    assert panel["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"]["mode"] == "off"
+    (override,) = panel["fieldConfig"]["overrides"]
+    pattern = re.compile(override["matcher"]["options"])
+    assert {stage.name for stage in PIPELINE.stages if pattern.search(stage.name)} == set(
+        CONFIG.low_throughput_stages)
 
 
 def test_runbook_links_point_at_existing_sections():
     runbook = (REPO / "docs" / "runbooks.md").read_text(encoding="utf-8")
-    anchors = {github_anchor(line.lstrip("#")) for line in runbook.splitlines() if line.startswith("#")}
+    anchors = {runbook_anchor(line.lstrip("#")) for line in runbook.splitlines() if line.startswith("#")}
     for dashboard in DASHBOARDS.values():
         for panel in data_panels(dashboard):
             for link in panel["links"]:
@@ -277,6 +273,13 @@ STALLED = (EMPTY_GROUP, PIPELINE.stage("index").request_topic, "0")
 
 LabelSet = dict[str, str]
 
+FIRING_ALERTS: list[LabelSet] = [
+    {"alertname": "Watchdog", "alertstate": "firing", "severity": "info"},
+    {"alertname": "TreeServiceDown", "alertstate": "firing", "severity": "critical", "service": FAILING_SERVICE},
+    {"alertname": "ConsumerGroupStalled", "alertstate": "firing", "severity": "critical", "group": STALLED[0],
+     "topic": STALLED[1], "partition": STALLED[2], "stage": "index"},
+]
+
 
 def _label_sets() -> dict[tuple[str, ...], list[LabelSet]]:
     stages = PIPELINE.stages
@@ -296,6 +299,9 @@ def _label_sets() -> dict[tuple[str, ...], list[LabelSet]]:
                               for status in metrics.PROCESSED_STATUSES],
         ("stage",): [{"stage": s.name} for s in stages],
         ("stage", "topic"): [{"stage": s.name, "topic": s.dlq_topic} for s in stages],
+        ("stage", "group", "request_topic", "dlq_topic"): [
+            {"stage": s.name, "group": s.group, "request_topic": s.request_topic, "dlq_topic": s.dlq_topic}
+            for s in stages],
         ("stage", "error_type"): [{"stage": s.name, "error_type": e} for s in stages for e in ERROR_TYPES],
         ("service",): [{"service": name} for name in services],
         ("service", "status"): [{"service": name, "status": status} for name in services
@@ -391,7 +397,7 @@ def _gauge(metric: MetricDef, labels: LabelSet, t: float, start: int) -> float:
             return 0 if failing else 200
         case "tree_service_probe_failure":
             return 1 if failing and labels["reason"] == "connection_refused" else 0
-        case "treewatch_collector_success" | "treewatch_build_info":
+        case "treewatch_collector_success" | "treewatch_build_info" | "tree_pipeline_stage_info":
             return 1
         case "treewatch_collector_duration_seconds":
             return 0.01 + 0.2 * _wave(labels, t)
@@ -422,6 +428,11 @@ def write_openmetrics(path: Path, start: int) -> None:
             for labels in LABEL_SETS[metric.labels]:
                 series = f"{metric.name}{{{_format_labels(labels)}}}"
                 out.writelines(f"{series} {_value(metric, labels, t, start)} {start + t}\n" for t in times)
+        # What Prometheus itself would have recorded while the incidents above fire.
+        out.write(f"# TYPE {PROMETHEUS_ALERTS} gauge\n")
+        for labels in FIRING_ALERTS:
+            series = f"{PROMETHEUS_ALERTS}{{{_format_labels(labels)}}}"
+            out.writelines(f"{series} 1 {start + t}\n" for t in times)
         out.write("# EOF\n")
 
 
@@ -444,6 +455,56 @@ class Prometheus:
         return body
 
 
+RULES_FILE = REPO / "alerts" / "generated" / alerts_generate.RULES_FILE
+
+
+def _start_prometheus(workdir: Path, storage: Path, log_name: str) -> tuple[subprocess.Popen, str]:
+    config = workdir / "prometheus.yml"
+    config.write_text("global:\n  scrape_interval: 15s\nscrape_configs: []\n")
+    port = free_port()
+    log = workdir / log_name
+    with log.open("w") as log_file:
+        process = subprocess.Popen(
+            [_binary("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={storage}",
+             f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=30d"],
+            stdout=log_file, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _await_ready(process, url, log)
+    except BaseException:
+        _stop(process)
+        raise
+    return process, url
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _backfill_recording_rules(workdir: Path, storage: Path, start: int, end: int) -> None:
+    """Evaluate the generated recording rules over the data with promtool (a Prometheus serving
+    the raw data answers its queries) and add the resulting blocks to the storage."""
+    process, url = _start_prometheus(workdir, storage, "prometheus-raw.log")
+    output = workdir / "rule-blocks"
+    try:
+        backfilled = subprocess.run(
+            [_binary("promtool"), "tsdb", "create-blocks-from", "rules", f"--url={url}", f"--start={start}",
+             f"--end={end}", f"--output-dir={output}", "--eval-interval=60s", str(RULES_FILE)],
+            capture_output=True, text=True, timeout=300)
+    finally:
+        _stop(process)
+    assert backfilled.returncode == 0, f"promtool failed:\n{backfilled.stdout}\n{backfilled.stderr}"
+    blocks = [block for block in output.iterdir() if (block / "meta.json").exists()]
+    assert blocks, f"promtool wrote no blocks:\n{backfilled.stdout}\n{backfilled.stderr}"
+    for block in blocks:
+        shutil.move(str(block), storage / block.name)
+
+
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory) -> Iterator[Prometheus]:
     workdir = tmp_path_factory.mktemp("prometheus")
@@ -455,26 +516,12 @@ def prometheus(tmp_path_factory) -> Iterator[Prometheus]:
     created = subprocess.run([_binary("promtool"), "tsdb", "create-blocks-from", "openmetrics", str(data),
                               str(storage)], capture_output=True, text=True, timeout=300)
     assert created.returncode == 0, f"promtool failed:\n{created.stdout}\n{created.stderr}"
-    config = workdir / "prometheus.yml"
-    config.write_text("global:\n  scrape_interval: 15s\nscrape_configs: []\n")
-    port = free_port()
-    log = (workdir / "prometheus.log").open("w")
-    process = subprocess.Popen(
-        [_binary("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={storage}",
-         f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=30d"],
-        stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    _backfill_recording_rules(workdir, storage, start, end)
+    process, url = _start_prometheus(workdir, storage, "prometheus.log")
     try:
-        _await_ready(process, url, workdir / "prometheus.log")
         yield Prometheus(url=url, time=end)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+        _stop(process)
 
 
 def _await_ready(process: subprocess.Popen, url: str, log: Path, timeout: float = 60) -> None:
@@ -534,10 +581,10 @@ def test_every_variable_has_values(variable_values):
             assert values, f"{name}: ${variable} resolves to nothing"
     drill_down = variable_values["tree-stamping-groups-dlq.json"]
     assert drill_down["stage"] == sorted(stage.name for stage in PIPELINE.stages)
-    assert drill_down["group"] == sorted(stage.group for stage in PIPELINE.stages)
-    # $topic follows $group: only the topics the first group consumes.
-    first_group = next(stage for stage in PIPELINE.stages if stage.group == drill_down["group"][0])
-    assert drill_down["topic"] == [first_group.request_topic]
+    # $group follows $stage: only the first stage's group; $topic follows $group: only its topics.
+    first_stage = PIPELINE.stage(drill_down["stage"][0])
+    assert drill_down["group"] == [first_stage.group]
+    assert drill_down["topic"] == [first_stage.request_topic]
 
 
 def test_query_variables_offer_all():
@@ -566,3 +613,32 @@ def test_query_returns_series(prometheus, variable_values, query):
     if referenced_variables(query.expr) & set(names):
         chosen = {name: regex_literal(variable_values[query.dashboard][name][0]) for name in names}
         _assert_returns_data(prometheus, query, substitute(query.expr, {**BUILTINS, **chosen}))
+
+
+# The operators' guide's PromQL ("Monitoring & Alerts": its four dashboard queries and its four alert
+# expressions), copied verbatim (only Python doubles the backslashes). The metric contract keeps their
+# names so they keep working; the rules fix their semantics (docs/runbooks.md), not their syntax.
+GUIDE_DASHBOARD_QUERIES = (
+    'kafka_consumer_group_lag{group=~"tree-.*-group"}',
+    "rate(tree_events_processed_total[1m])",
+    'rate(tree_events_processed_total{status="failed"}[1m]) / rate(tree_events_processed_total[1m])',
+    'kafka_topic_partition_current_offset{topic=~".*\\\\.dlq"}',
+)
+GUIDE_ALERT_EXPRESSIONS = (
+    "kafka_consumer_group_lag > 10000",
+    'increase(kafka_topic_partition_current_offset{topic=~".*\\\\.dlq"}[5m]) > 10',
+    "rate(tree_events_processed_total[5m]) < 16.67",
+    '(rate(tree_events_processed_total{status="failed"}[5m]) / rate(tree_events_processed_total[5m])) > 0.05',
+)
+
+
+@pytest.mark.parametrize("expr", GUIDE_DASHBOARD_QUERIES + GUIDE_ALERT_EXPRESSIONS)
+def test_the_guides_promql_works_verbatim(prometheus, expr):
+    body = prometheus.get("/api/v1/query", query=expr)
+    assert not body.get("warnings"), body["warnings"]
+    assert body["data"]["resultType"] == "vector"
+    if expr in GUIDE_DASHBOARD_QUERIES:
+        assert body["data"]["result"], f"no series for the guide's {expr}"
+    if "dlq" in expr and expr in GUIDE_DASHBOARD_QUERIES:
+        topics = {series["metric"]["topic"] for series in body["data"]["result"]}
+        assert topics == {stage.dlq_topic for stage in PIPELINE.stages}

@@ -206,7 +206,10 @@ def replay_dlq(config: Config, stage_name: str, replay_filter: ReplayFilter, *, 
     group = replay_group(stage)
     keys, watermarks = _dlq_partitions(config, stage)
     timeout = config.kafka.request_timeout_seconds
-    existing_topics = set(topic_partitions(admin_client(config.kafka), config.pipeline_topics, timeout))
+    # Only a request topic may receive a replay: republishing into a completed, failed or dead
+    # letter topic would forge a stage's outcome instead of asking the stage again.
+    request_topics = [s.request_topic for s in config.stages]
+    existing_topics = set(topic_partitions(admin_client(config.kafka), request_topics, timeout))
     report = ReplayReport(stage.name, stage.dlq_topic, group, dry_run)
     deadline = time.monotonic() + timeout_seconds
     consumer = reader(config.kafka, **{"group.id": group, "isolation.level": "read_committed"})
@@ -284,7 +287,7 @@ def _decide(batch: list[Message], replay_filter: ReplayFilter, existing_topics: 
             open_partitions = open_partitions - {key}
         elif letter.original_topic not in existing_topics:
             decisions.append(_Decision(record, "stop", letter, f"original topic {letter.original_topic!r} is not "
-                                       f"an existing topic of the configured stages"))
+                                       f"an existing request topic of the configured stages"))
             open_partitions = open_partitions - {key}
         elif limit is not None and replays >= limit:
             report.limit_reached = True
