@@ -1,22 +1,30 @@
-"""Dead letters counted by error_type, by tailing the DLQ topics.
+"""Dead letters by error_type, by tailing the DLQ topics.
 
 The tail reads with assign() only: it never joins a consumer group and never commits, so it
-cannot disturb the pipeline's own consumers or show up as a group. It starts at each partition's
-log start when the exporter starts and remembers its position in memory, reading at most a bounded
-number of records per refresh, so a huge backlog is caught up over several refreshes instead of
-stalling one. Counts and positions move together: a read that fails counts nothing twice.
+cannot disturb the pipeline's own consumers or show up as a group. It keeps its position in
+memory, reading at most a bounded number of records per refresh, so a huge backlog is caught up
+over several refreshes instead of stalling one.
+
+Two views of the same records:
+- what is retained now, by error_type (a gauge): the retained records are read once at first
+  sight, then only the new ones; when the log start moves on (retention, delete_records) what fell
+  out is subtracted. Per partition only runs of consecutive offsets with one error_type are kept,
+  (first offset, last offset, error_type), so a large DLQ of few kinds costs a few runs, not a
+  record each.
+- dead letters written since the exporter first saw the partition (a counter): it starts at the
+  high watermark of first sight, so an exporter restart does not count the retained records again
+  (increase() over a restart would otherwise jump by the whole DLQ).
 """
 
 from __future__ import annotations
 
 import time
-
-from confluent_kafka import Consumer
+from dataclasses import dataclass, field
 
 from exporter.snapshot import Sample
 from pipeline.config import KafkaSettings, Stage
 from pipeline.events import UNPARSEABLE, parse_dead_letter
-from pipeline.kafka import Partition, Watermarks, read_records, reader
+from pipeline.kafka import LazyReader, Partition, Watermarks, read_records
 
 # The error types the operators' guide names; they are exposed at 0 from the start so the first
 # dead letter of a kind is an increase Prometheus can see, not a series appearing.
@@ -29,42 +37,88 @@ OTHER_ERROR_TYPE = "other"
 _READER_SETTINGS = {"fetch.wait.max.ms": 100}
 
 
+@dataclass
+class _PartitionTail:
+    position: int  # the next offset to read
+    counted_from: int  # records at or after this offset are new to the counter
+    # Runs of consecutive offsets with the same error_type, oldest first: [first, last, error_type].
+    runs: list[list] = field(default_factory=list)
+
+    def add(self, offset: int, error_type: str) -> None:
+        last = self.runs[-1] if self.runs else None
+        if last is not None and last[2] == error_type and last[1] + 1 == offset:
+            last[1] = offset
+        else:
+            self.runs.append([offset, offset, error_type])
+
+    def drop_below(self, log_start: int) -> None:
+        """Forget the records retention or delete_records removed."""
+        kept = 0
+        while kept < len(self.runs) and self.runs[kept][1] < log_start:
+            kept += 1
+        del self.runs[:kept]
+        if self.runs and self.runs[0][0] < log_start:
+            self.runs[0][0] = log_start
+
+
 class DlqTail:
     def __init__(self, settings: KafkaSettings, stages: tuple[Stage, ...], *,
                  max_records_per_refresh: int = 20_000, read_timeout_seconds: float = 10.0) -> None:
-        self._settings = settings
         self._stage_of = {stage.dlq_topic: stage.name for stage in reversed(stages)}
         self._max_records = max_records_per_refresh
         self._read_timeout = read_timeout_seconds
-        self._consumer: Consumer | None = None
-        self._positions: dict[Partition, int] = {}
+        self._reader = LazyReader(settings, **_READER_SETTINGS)
+        self._tails: dict[Partition, _PartitionTail] = {}
         self._counts: dict[str, dict[str, int]] = {}
+        self._error_types: dict[str, set[str]] = {}
 
-    def advance(self, partitions: list[Partition], marks: Watermarks) -> None:
-        """Read the dead letters written since the last call (up to the per-refresh bound)."""
+    def advance(self, partitions: list[Partition], marks: Watermarks, deadline: float | None = None) -> None:
+        """Read the dead letters written since the last call (up to the per-refresh bound), within
+        the read timeout or ``deadline`` (time.monotonic()), whichever comes first."""
         starts: dict[Partition, int] = {}
         for key in partitions:
             if key not in marks.high:
                 continue
-            position = self._positions.get(key)
-            if position is None or position > marks.high[key]:
-                # First sight, or the topic was recreated under us: start over at the log start.
-                position = marks.low.get(key, 0)
-            self._positions[key] = position
-            starts[key] = position
+            high, low = marks.high[key], marks.low.get(key, 0)
+            tail = self._tails.get(key)
+            if tail is None:
+                tail = self._tails[key] = _PartitionTail(position=low, counted_from=high)
+            elif tail.position > high:
+                # The topic was recreated under us: everything in it was written after first sight.
+                tail = self._tails[key] = _PartitionTail(position=low, counted_from=low)
+            tail.drop_below(low)
+            tail.position = max(tail.position, low)
+            starts[key] = tail.position
         for topic, _ in starts:
             self._counts.setdefault(self._stage_of[topic], {})
-        deadline = time.monotonic() + self._read_timeout
-        records = read_records(self._reader(), starts, marks.high, deadline=deadline,
-                               max_records=self._max_records)
+        read_until = time.monotonic() + self._read_timeout
+        if deadline is not None:
+            read_until = min(read_until, deadline)
+        drained: set[Partition] = set()
+        records = read_records(self._reader.get(), starts, marks.high, deadline=read_until,
+                               max_records=self._max_records, drained=drained)
         for message in records:
-            counts = self._counts[self._stage_of[message.topic()]]
-            error_type = parse_dead_letter(message.value()).error_type
-            if error_type not in counts and len(counts) >= MAX_ERROR_TYPES_PER_STAGE:
-                error_type = OTHER_ERROR_TYPE
-            counts[error_type] = counts.get(error_type, 0) + 1
+            stage = self._stage_of[message.topic()]
+            error_type = self._bounded(stage, parse_dead_letter(message.value()).error_type)
             key = (message.topic(), message.partition())
-            self._positions[key] = max(self._positions[key], message.offset() + 1)
+            tail = self._tails[key]
+            tail.add(message.offset(), error_type)
+            if message.offset() >= tail.counted_from:
+                counts = self._counts[stage]
+                counts[error_type] = counts.get(error_type, 0) + 1
+            tail.position = max(tail.position, message.offset() + 1)
+        # What is left below the end of a drained partition is only transaction markers, which no
+        # read returns: the position moves past them, or the tail would never count as caught up.
+        for key in drained:
+            self._tails[key].position = max(self._tails[key].position, marks.high[key])
+
+    def _bounded(self, stage: str, error_type: str) -> str:
+        seen = self._error_types.setdefault(stage, set())
+        if error_type not in seen:
+            if len(seen) >= MAX_ERROR_TYPES_PER_STAGE:
+                return OTHER_ERROR_TYPE
+            seen.add(error_type)
+        return error_type
 
     def samples(self) -> list[Sample]:
         samples = []
@@ -74,14 +128,27 @@ class DlqTail:
                     samples.append(Sample("tree_dlq_records_total", (stage, error_type), 0.0))
             for error_type, count in counts.items():
                 samples.append(Sample("tree_dlq_records_total", (stage, error_type), float(count)))
+        for stage, retained in self._retained_by_stage().items():
+            for error_type in KNOWN_ERROR_TYPES:
+                retained.setdefault(error_type, 0)
+            samples.extend(Sample("tree_dlq_retained_records_by_error_type", (stage, error_type), float(count))
+                           for error_type, count in retained.items())
         return samples
 
-    def _reader(self) -> Consumer:
-        if self._consumer is None:
-            self._consumer = reader(self._settings, **_READER_SETTINGS)
-        return self._consumer
+    def _retained_by_stage(self) -> dict[str, dict[str, int]]:
+        """Retained records per stage and error_type, for the stages whose every partition was read
+        up to its high watermark of first sight: a breakdown half read would be a wrong one."""
+        retained: dict[str, dict[str, int]] = {}
+        behind: set[str] = set()
+        for (topic, _), tail in self._tails.items():
+            stage = self._stage_of[topic]
+            if tail.position < tail.counted_from:
+                behind.add(stage)
+                continue
+            counts = retained.setdefault(stage, {})
+            for first, last, error_type in tail.runs:
+                counts[error_type] = counts.get(error_type, 0) + last - first + 1
+        return {stage: counts for stage, counts in retained.items() if stage not in behind}
 
     def close(self) -> None:
-        if self._consumer is not None:
-            self._consumer.close()
-            self._consumer = None
+        self._reader.close()

@@ -7,28 +7,31 @@ whether or not the topic filter exposes that topic's own series.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+import logging
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field
 
-from confluent_kafka import ConsumerGroupState, KafkaException
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from exporter.metrics import GROUP_STATES
 from exporter.snapshot import Sample
-from pipeline.kafka import Partition, Watermarks, fetch_committed_offsets, result_of
+from pipeline.kafka import (
+    GROUP_STATE_NAMES,
+    Partition,
+    Watermarks,
+    fetch_committed_offsets,
+    group_state_name,
+    lag,
+    result_of,
+)
+
+log = logging.getLogger("treewatch.kafka_groups")
 
 # Groups per DescribeGroups call: large enough to be few calls, small enough for one response.
 DESCRIBE_BATCH = 100
 
-_STATE_NAMES = {
-    ConsumerGroupState.STABLE: "Stable",
-    ConsumerGroupState.PREPARING_REBALANCING: "PreparingRebalance",
-    ConsumerGroupState.COMPLETING_REBALANCING: "CompletingRebalance",
-    ConsumerGroupState.EMPTY: "Empty",
-    ConsumerGroupState.DEAD: "Dead",
-    ConsumerGroupState.UNKNOWN: "Unknown",
-}
-assert set(_STATE_NAMES.values()) == set(GROUP_STATES), "GROUP_STATES and the mapping must agree"
+assert set(GROUP_STATE_NAMES.values()) == set(GROUP_STATES), "GROUP_STATES and the mapping must agree"
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,9 @@ class GroupInfo:
     members: int
     assigned_topics: frozenset[str]
     committed: Mapping[Partition, int]
+    # False when the committed offsets could not be read this time: state and members are still
+    # true, but nothing can be said about its offsets, lag or uncommitted partitions.
+    committed_read: bool = True
 
     @property
     def consumed_topics(self) -> set[str]:
@@ -45,47 +51,91 @@ class GroupInfo:
         return set(self.assigned_topics) | {topic for topic, _ in self.committed}
 
 
-def fetch_groups(admin: AdminClient, allowed: Callable[[str], bool], request_timeout: float,
-                 concurrency: int) -> list[GroupInfo]:
-    """Every group passing the filter, described and with its committed offsets.
+@dataclass
+class GroupsRead:
+    """The groups read in one refresh, and what could not be read on the way per step (list,
+    describe, committed_offsets), so a partial failure is visible instead of groups silently
+    vanishing."""
 
-    A group that vanished between listing and describing is left out; when no group at all could
-    be described or read, the first error is raised.
+    groups: list[GroupInfo]
+    errors: dict[str, list[BaseException]] = field(default_factory=dict)
+
+    @property
+    def error_count(self) -> int:
+        return sum(len(errors) for errors in self.errors.values())
+
+
+def fetch_groups(admin: AdminClient, allowed: Callable[[str], bool], request_timeout: float,
+                 concurrency: int, *, deadline: float | None = None) -> GroupsRead:
+    """Every group passing the filter, described and with its committed offsets, all within
+    ``deadline`` (time.monotonic()) when one is given.
+
+    A listing error (a coordinator that did not answer), a group that could not be described and a
+    group whose offsets could not be read are recorded in the result's errors; a group whose
+    offsets alone failed keeps its state and members. When nothing at all could be read, the first
+    error is raised.
     """
-    listing = result_of(admin.list_consumer_groups(request_timeout=request_timeout), request_timeout)
+    listing = result_of(admin.list_consumer_groups(request_timeout=request_timeout), request_timeout, deadline)
+    # The listing's errors are KafkaError values, not exceptions: raising one as it is escapes
+    # every except clause and ends the refresh thread.
+    read = GroupsRead([], {"list": [KafkaException(error) for error in listing.errors]})
     names = sorted({entry.group_id for entry in listing.valid if allowed(entry.group_id)})
     if not names:
-        if listing.errors:
-            # The listing's errors are KafkaError values, not exceptions: raising one as it is
-            # escapes every except clause and ends the refresh thread.
-            raise KafkaException(listing.errors[0])
-        return []
+        if read.errors["list"]:
+            raise read.errors["list"][0]
+        return read
     descriptions: dict[str, object] = {}
-    errors: list[BaseException] = []
     futures = {}
     for start in range(0, len(names), DESCRIBE_BATCH):
         futures.update(admin.describe_consumer_groups(names[start:start + DESCRIBE_BATCH],
                                                       request_timeout=request_timeout))
     for group, future in futures.items():
         try:
-            descriptions[group] = result_of(future, request_timeout)
+            # All batches are in flight together; the shared deadline bounds the wait for all of
+            # them, not each one after the other.
+            descriptions[group] = result_of(future, request_timeout, deadline)
         except Exception as error:  # KafkaException or TimeoutError: this group only
-            errors.append(error)
-    committed = fetch_committed_offsets(admin, descriptions, request_timeout, concurrency)
-    groups = []
+            read.errors.setdefault("describe", []).append(error)
+    committed = fetch_committed_offsets(admin, descriptions, request_timeout, concurrency, deadline=deadline)
     for group, description in descriptions.items():
         offsets = committed.get(group)
         if isinstance(offsets, BaseException) or offsets is None:
-            errors.append(offsets or RuntimeError(f"no committed offsets for {group}"))
-            continue
+            read.errors.setdefault("committed_offsets", []).append(
+                offsets or RuntimeError(f"no committed offsets for {group}"))
         members = description.members
         assigned = frozenset(tp.topic for member in members
                              for tp in (member.assignment.topic_partitions if member.assignment else ()))
-        groups.append(GroupInfo(group, _STATE_NAMES.get(description.state, "Unknown"), len(members),
-                                assigned, offsets))
-    if errors and not groups:
-        raise errors[0]
-    return groups
+        if isinstance(offsets, dict):
+            info = GroupInfo(group, group_state_name(description.state), len(members), assigned, offsets)
+        else:
+            info = GroupInfo(group, group_state_name(description.state), len(members), assigned, {},
+                             committed_read=False)
+        read.groups.append(info)
+    if not read.groups:
+        first = next((errors[0] for errors in read.errors.values() if errors), None)
+        if first is not None:
+            raise first
+    return read
+
+
+class PartialFailureLog:
+    """Logs the errors of a partial read when they start or change, not on every refresh."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+        self._reported: tuple[str, ...] = ()
+
+    def report(self, errors: Mapping[str, Collection[BaseException]]) -> None:
+        described = tuple(sorted({f"{step}: {error}" for step, found in errors.items() for error in found}))
+        if described == self._reported:
+            return
+        self._reported = described
+        if described:
+            self._logger.warning("reading the consumer groups partly failed (%d error(s); counted in "
+                                 "kafka_consumer_group_read_errors; logged again when they change): %s",
+                                 sum(len(found) for found in errors.values()), "; ".join(described[:5]))
+        else:
+            self._logger.info("consumer groups read completely again")
 
 
 class OffsetChangeTracker:
@@ -133,23 +183,28 @@ def lag_positions(groups: Iterable[GroupInfo], marks: Watermarks) -> list[LagPos
             high = marks.high.get((topic, partition))
             if high is None:
                 continue  # topic gone or partition without a leader: no truthful lag to give
-            position = max(committed, marks.low.get((topic, partition), 0))
-            positions.append(LagPosition(info.group, topic, partition, committed, position,
-                                         max(0, high - position)))
+            low = marks.low.get((topic, partition), 0)
+            positions.append(LagPosition(info.group, topic, partition, committed, max(committed, low),
+                                         lag(committed, low, high)))
     return positions
 
 
-def group_samples(groups: list[GroupInfo], positions: list[LagPosition], partition_counts: Mapping[str, int],
+def group_samples(read: GroupsRead, positions: list[LagPosition], partition_counts: Mapping[str, int],
                   changed_at: Mapping[tuple[str, str, int], float],
-                  record_times: Mapping[tuple[str, int, int], float], now: float) -> list[Sample]:
-    """``record_times`` maps (topic, partition, offset) to the timestamp of the first record there."""
-    samples: list[Sample] = []
-    for info in groups:
+                  record_times: Mapping[tuple[str, int, int], float],
+                  only_markers: Collection[tuple[str, int, int]], now: float) -> list[Sample]:
+    """``record_times`` maps (topic, partition, offset) to the timestamp of the first record there;
+    ``only_markers`` holds the positions from which only transaction markers are left below the
+    high watermark: a consumer has nothing left to read there, so their lag is 0."""
+    samples: list[Sample] = [Sample("kafka_consumer_group_read_errors", (), float(read.error_count))]
+    for info in read.groups:
         group = info.group
         for state in GROUP_STATES:
             samples.append(Sample("kafka_consumer_group_state", (group, state),
                                   1.0 if state == info.state else 0.0))
         samples.append(Sample("kafka_consumer_group_members", (group,), float(info.members)))
+        if not info.committed_read:
+            continue
         for topic in sorted(info.consumed_topics):
             count = partition_counts.get(topic)
             if count is None:
@@ -164,13 +219,15 @@ def group_samples(groups: list[GroupInfo], positions: list[LagPosition], partiti
             if since is not None:
                 samples.append(Sample("kafka_consumer_group_committed_offset_change_timestamp_seconds",
                                       labels, since))
-    for lag in positions:
-        labels = (lag.group, lag.topic, str(lag.partition))
-        samples.append(Sample("kafka_consumer_group_lag", labels, float(lag.lag)))
-        if lag.lag == 0:
+    for position in positions:
+        labels = (position.group, position.topic, str(position.partition))
+        key = (position.topic, position.partition, position.position)
+        if position.lag == 0 or key in only_markers:
+            samples.append(Sample("kafka_consumer_group_lag", labels, 0.0))
             samples.append(Sample("kafka_consumer_group_lag_seconds", labels, 0.0))
             continue
-        timestamp = record_times.get((lag.topic, lag.partition, lag.position))
+        samples.append(Sample("kafka_consumer_group_lag", labels, float(position.lag)))
+        timestamp = record_times.get(key)
         if timestamp is not None:
             samples.append(Sample("kafka_consumer_group_lag_seconds", labels, max(0.0, now - timestamp)))
     return samples

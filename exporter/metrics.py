@@ -56,7 +56,8 @@ METRICS: tuple[MetricDef, ...] = (
     # -- consumer groups ------------------------------------------------------------------------
     MetricDef("kafka_consumer_group_lag", Kind.GAUGE, ("group", "topic", "partition"), Collector.KAFKA_GROUPS,
               "Records the group has not consumed yet: high watermark minus committed offset (a "
-              "committed offset below the log start counts from the log start); never negative."),
+              "committed offset below the log start counts from the log start); never negative. 0 when "
+              "only transaction markers are left after the committed offset (nothing left to consume)."),
     MetricDef("kafka_consumer_group_lag_seconds", Kind.GAUGE, ("group", "topic", "partition"), Collector.KAFKA_GROUPS,
               "Age of the oldest record the group has not consumed: now minus the timestamp of the "
               "record at the committed offset; 0 when the lag is 0."),
@@ -75,6 +76,11 @@ METRICS: tuple[MetricDef, ...] = (
               "The group's state, one-hot over " + ", ".join(GROUP_STATES) + "."),
     MetricDef("kafka_consumer_group_members", Kind.GAUGE, ("group",), Collector.KAFKA_GROUPS,
               "Members currently in the group."),
+    MetricDef("kafka_consumer_group_read_errors", Kind.GAUGE, (), Collector.KAFKA_GROUPS,
+              "Errors the last refresh met reading the consumer groups while it still read others: a "
+              "coordinator that did not list its groups (they may be missing), a group that could not be "
+              "described (missing), or one whose committed offsets could not be read (state and members "
+              "only). The exporter's log names them."),
     # -- topics ---------------------------------------------------------------------------------
     MetricDef("kafka_topic_partition_current_offset", Kind.GAUGE, ("topic", "partition"), Collector.KAFKA_TOPICS,
               "High watermark: the offset the next record written to the partition will get."),
@@ -98,9 +104,12 @@ METRICS: tuple[MetricDef, ...] = (
               "meaning of rpk cluster health's 'Healthy')."),
     # -- pipeline -------------------------------------------------------------------------------
     MetricDef("tree_events_processed_total", Kind.COUNTER, ("stage", "status"), Collector.PIPELINE,
-              "Events that finished a stage, counted from its completed and failed topics."),
+              "Events that finished a stage, counted from the offsets of its completed and failed topics "
+              "(a transactional producer's commit marker takes an offset too: at most one per "
+              "transaction). A partition that cannot be read counts with its last known offset."),
     MetricDef("tree_events_requested_total", Kind.COUNTER, ("stage",), Collector.PIPELINE,
-              "Requests written to a stage's request topic."),
+              "Requests written to a stage's request topic, counted from its offsets like "
+              "tree_events_processed_total (transaction markers included, e.g. after a DLQ replay)."),
     MetricDef("tree_events_in_flight", Kind.GAUGE, ("stage",), Collector.PIPELINE,
               "Requests of a stage not yet completed or failed: requested minus processed, never "
               "negative."),
@@ -115,8 +124,14 @@ METRICS: tuple[MetricDef, ...] = (
               "Timestamp of the oldest record retained in the stage's dead letter queue; absent when "
               "empty."),
     MetricDef("tree_dlq_records_total", Kind.COUNTER, ("stage", "error_type"), Collector.DLQ,
-              "Dead letters read from the stage's queue by error_type since the exporter started; a "
-              "record that is not a JSON object counts as error_type=\"unparseable\"."),
+              "Dead letters written to the stage's queue since the exporter first saw it, by error_type; "
+              "what was retained before is not counted again when the exporter restarts (see "
+              "tree_dlq_retained_records_by_error_type). A record that is not a JSON object counts as "
+              "error_type=\"unparseable\"."),
+    MetricDef("tree_dlq_retained_records_by_error_type", Kind.GAUGE, ("stage", "error_type"), Collector.DLQ,
+              "Dead letters retained in the stage's queue now, by error_type (unparseable as in "
+              "tree_dlq_records_total); falls when retention or delete_records removes them. Absent until "
+              "the exporter has read the records retained when it started."),
     # -- services -------------------------------------------------------------------------------
     MetricDef("tree_service_probe_success", Kind.GAUGE, ("service",), Collector.SERVICES,
               "1 when the last GET of the service's health URL answered with a readable status."),

@@ -38,6 +38,14 @@ class Source(Protocol):
     def close(self) -> None: ...
 
 
+def interrupt(source: Source) -> None:
+    """Ask a source's gather in progress to end early, if the source can (a source may define
+    ``interrupt()``; one that gathers quickly need not)."""
+    hook = getattr(source, "interrupt", None)
+    if callable(hook):
+        hook()
+
+
 @dataclass
 class _CollectorState:
     last_run: CollectorRun | None = None
@@ -93,10 +101,25 @@ class Refresher:
             self._ready.set()
 
     def stop(self, timeout: float = 30.0) -> None:
+        """Stop the loops within ``timeout`` in all, then close the sources whose loop has ended.
+
+        A source whose gather is still running is left open: closing a Kafka client another
+        thread is reading from crashes or hangs the process. Its thread is a daemon; it ends with
+        the process.
+        """
         self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout)
         for source in self.sources:
+            interrupt(source)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        # Threads were started one per source, in the sources' order; run_once() starts none.
+        running = {id(source) for source, thread in zip(self.sources, self._threads, strict=False)
+                   if thread.is_alive()}
+        for source in self.sources:
+            if id(source) in running:
+                log.warning("source %s did not stop within %gs; left open", source.name, timeout)
+                continue
             try:
                 source.close()
             except Exception:  # closing is best effort; the process is leaving anyway
@@ -123,14 +146,18 @@ class Refresher:
         first = True
         while not self._stop.is_set():
             started = time.monotonic()
+            ok = False
             try:
-                self._run(source)
+                ok = self._run(source)
             except Exception:  # a bug in building the snapshot must not end this source's refreshes
                 log.exception("refresh of source %s failed", source.name)
             if first:
                 first = False
                 self._arrive_first_run()
-            self._stop.wait(max(0.0, self.interval_seconds - (time.monotonic() - started)))
+            # After a failure, a whole interval of rest: a failed run may have taken the interval
+            # itself (waiting on a down broker), and starting the next at once would be a hot loop.
+            pause = self.interval_seconds if not ok else self.interval_seconds - (time.monotonic() - started)
+            self._stop.wait(max(0.0, pause))
 
     def _arrive_first_run(self) -> None:
         with self._lock:
@@ -138,13 +165,16 @@ class Refresher:
             if self._sources_without_a_run == 0:
                 self._ready.set()
 
-    def _run(self, source: Source) -> None:
+    def _run(self, source: Source) -> bool:
+        """One gather of ``source`` into the snapshot; True when every collector of it succeeded."""
         started_at = self.clock()
         started = time.monotonic()
         try:
             results: Mapping[Collector, Sequence[Sample] | BaseException] = source.gather()
         except Exception as error:  # one bad run must not end the loop
             results = {collector: error for collector in source.collectors}
+        if self._stop.is_set() and self._threads:
+            return False  # stopping: a gather cut short is no failure worth reporting
         duration = time.monotonic() - started
         runs = []
         for collector in source.collectors:
@@ -166,6 +196,7 @@ class Refresher:
                 else:
                     state.errors += 1
             self._rebuild()
+        return all(run.ok for run in runs)
 
     def _report_failure(self, collector: Collector, error: BaseException) -> None:
         """Log a failure once with its context; the same failure again is only counted."""

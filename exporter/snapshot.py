@@ -14,6 +14,15 @@ from typing import NamedTuple
 
 from exporter.metrics import BY_NAME, Collector
 
+# The order in which the series cap serves collectors: the small ones, whose few series say the
+# most (is the exporter, a service, the cluster, a stage healthy), before the large ones.
+CAP_PRIORITY = (Collector.EXPORTER, Collector.SERVICES, Collector.KAFKA_CLUSTER, Collector.PIPELINE,
+                Collector.DLQ, Collector.KAFKA_TOPICS, Collector.KAFKA_GROUPS)
+
+
+def _cap_rank(collector: Collector) -> int:
+    return CAP_PRIORITY.index(collector) if collector in CAP_PRIORITY else len(CAP_PRIORITY)
+
 
 class Sample(NamedTuple):
     """One series: metric name, label values in the order of the metric's labels, value."""
@@ -63,17 +72,28 @@ class Snapshot:
     @classmethod
     def build(cls, samples_by_collector: Iterable[tuple[Collector, Iterable[Sample]]],
               built_at: float, max_series: int) -> Snapshot:
-        """Group samples by metric, keeping at most ``max_series`` in the order given."""
+        """Group samples by metric, keeping at most ``max_series``.
+
+        What the cap keeps does not depend on the order the collectors come in: the few series of
+        the small collectors first (CAP_PRIORITY), the consumer groups (the one collector whose
+        count the cluster's users decide) last. Within a collector, the series sharing their first
+        label (a group, a topic, a service, a stage) are kept or dropped together, so a group never
+        loses half of its partitions or of its one-hot state.
+        """
         grouped: dict[str, list[Sample]] = {}
         dropped: dict[Collector, int] = {}
         kept = 0
-        for collector, samples in samples_by_collector:
+        for collector, samples in sorted(samples_by_collector, key=lambda pair: _cap_rank(pair[0])):
+            units: dict[str, list[Sample]] = {}
             for item in samples:
-                if kept >= max_series:
-                    dropped[collector] = dropped.get(collector, 0) + 1
+                units.setdefault(item.labels[0] if item.labels else "", []).append(item)
+            for unit in units.values():
+                if kept + len(unit) > max_series:
+                    dropped[collector] = dropped.get(collector, 0) + len(unit)
                     continue
-                grouped.setdefault(item.metric, []).append(item)
-                kept += 1
+                for item in unit:
+                    grouped.setdefault(item.metric, []).append(item)
+                kept += len(unit)
         frozen = {name: tuple(items) for name, items in grouped.items()}
         return cls(series=MappingProxyType(frozen), built_at=built_at, dropped=MappingProxyType(dropped))
 

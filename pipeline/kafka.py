@@ -19,6 +19,7 @@ from typing import Any
 from confluent_kafka import (
     TIMESTAMP_NOT_AVAILABLE,
     Consumer,
+    ConsumerGroupState,
     ConsumerGroupTopicPartitions,
     KafkaError,
     KafkaException,
@@ -98,8 +99,13 @@ class ClientErrors:
         return KafkaException(KafkaError(latest.code(), f"{cause}: {reason}"))
 
 
+# librdkafka backs off reconnecting to a down broker up to 10 s by default; a client that should
+# notice a returning broker within a refresh or two must retry sooner. client_properties win.
+_RECONNECT_DEFAULTS = {"reconnect.backoff.ms": 100, "reconnect.backoff.max.ms": 1000}
+
+
 def _base(settings: KafkaSettings, extra: dict[str, Any]) -> dict[str, Any]:
-    return {**settings.client_config(), "logger": client_log, **extra}
+    return {**_RECONNECT_DEFAULTS, **settings.client_config(), "logger": client_log, **extra}
 
 
 def admin_client(settings: KafkaSettings, **extra: Any) -> AdminClient:
@@ -120,6 +126,26 @@ def reader(settings: KafkaSettings, **extra: Any) -> Consumer:
     return Consumer(_base(settings, config))
 
 
+class LazyReader:
+    """A reader() made on first use and kept for the next, so a collector that is never needed
+    (no DLQ yet, no lag) opens no connection, and one that is needed opens one, not one per refresh."""
+
+    def __init__(self, settings: KafkaSettings, **extra: Any) -> None:
+        self._settings = settings
+        self._extra = extra
+        self._consumer: Consumer | None = None
+
+    def get(self) -> Consumer:
+        if self._consumer is None:
+            self._consumer = reader(self._settings, **self._extra)
+        return self._consumer
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+
 def producer(settings: KafkaSettings, **extra: Any) -> Producer:
     """An idempotent producer: a retried send never writes a record twice."""
     config = {"enable.idempotence": True, "acks": "all", **extra}
@@ -135,11 +161,45 @@ Partition = tuple[str, int]  # (topic, partition)
 _FUTURE_GRACE_SECONDS = 2.0
 
 
-def result_of(future: Future, request_timeout: float) -> Any:
-    """The future's result, or TimeoutError: an admin call never blocks a caller forever."""
+# Consumer group states by the names Kafka itself uses (kafka-consumer-groups.sh, the admin API).
+GROUP_STATE_NAMES: dict[ConsumerGroupState, str] = {
+    ConsumerGroupState.STABLE: "Stable",
+    ConsumerGroupState.PREPARING_REBALANCING: "PreparingRebalance",
+    ConsumerGroupState.COMPLETING_REBALANCING: "CompletingRebalance",
+    ConsumerGroupState.EMPTY: "Empty",
+    ConsumerGroupState.DEAD: "Dead",
+    ConsumerGroupState.UNKNOWN: "Unknown",
+}
+
+
+def group_state_name(state: ConsumerGroupState) -> str:
+    return GROUP_STATE_NAMES.get(state, "Unknown")
+
+
+def lag(committed: int, log_start: int, high: int) -> int:
+    """Records a group has still to consume: from its committed offset (or the log start, when
+    retention already removed the records there) up to the high watermark; never negative."""
+    return max(0, high - max(committed, log_start))
+
+
+def time_left(deadline: float | None, request_timeout: float) -> float:
+    """The request timeout, shortened to what is left before ``deadline`` (time.monotonic())."""
+    if deadline is None:
+        return request_timeout
+    return max(0.0, min(request_timeout, deadline - time.monotonic()))
+
+
+def result_of(future: Future, request_timeout: float, deadline: float | None = None) -> Any:
+    """The future's result, or TimeoutError: an admin call never blocks a caller forever, nor
+    beyond ``deadline`` when one is given."""
+    wait_for = request_timeout + _FUTURE_GRACE_SECONDS
+    if deadline is not None:
+        wait_for = min(wait_for, max(0.0, deadline - time.monotonic()))
     try:
-        return future.result(timeout=request_timeout + _FUTURE_GRACE_SECONDS)
+        return future.result(timeout=wait_for)
     except FutureTimeout:
+        if wait_for < request_timeout + _FUTURE_GRACE_SECONDS:
+            raise TimeoutError("Kafka did not answer before the deadline") from None
         raise TimeoutError(f"Kafka did not answer within {request_timeout:g}s") from None
 
 
@@ -153,13 +213,17 @@ class Watermarks:
 
 
 def fetch_watermarks(admin: AdminClient, partitions: Iterable[Partition],
-                     request_timeout: float) -> Watermarks:
+                     request_timeout: float, *, deadline: float | None = None) -> Watermarks:
     """Latest and earliest offsets of every partition: one ListOffsets round each, both in flight at
     once. A partition the broker cannot answer for (no leader) is left out and named in ``errors``;
-    when no partition at all could be read, the first error is raised."""
+    when no partition at all could be read, the first error is raised. Nothing waits beyond
+    ``deadline`` (time.monotonic()) when one is given."""
     wanted = [TopicPartition(topic, partition) for topic, partition in partitions]
     if not wanted:
         return Watermarks({}, {}, {})
+    request_timeout = time_left(deadline, request_timeout)
+    if request_timeout <= 0:
+        raise TimeoutError("no time left to ask for the partitions' offsets")
     latest = admin.list_offsets({tp: OffsetSpec.latest() for tp in wanted}, request_timeout=request_timeout)
     earliest = admin.list_offsets({tp: OffsetSpec.earliest() for tp in wanted},
                                   request_timeout=request_timeout)
@@ -186,34 +250,40 @@ def fetch_watermarks(admin: AdminClient, partitions: Iterable[Partition],
 
 
 def fetch_committed_offsets(admin: AdminClient, groups: Iterable[str], request_timeout: float,
-                            concurrency: int) -> dict[str, dict[Partition, int] | BaseException]:
+                            concurrency: int, *, deadline: float | None = None,
+                            ) -> dict[str, dict[Partition, int] | BaseException]:
     """Every committed offset of every group, or the error met for that group.
 
     librdkafka answers one group per OffsetFetch request, so requests are kept ``concurrency`` in
     flight at a time: fast for hundreds of groups without flooding the coordinators. Partitions
-    without a committed offset are not in the result.
+    without a committed offset are not in the result. When ``deadline`` (time.monotonic()) passes,
+    the groups not answered by then get a TimeoutError: the whole call is bounded, not each round.
     """
     pending = deque(groups)
     in_flight: dict[Future, str] = {}
     results: dict[str, dict[Partition, int] | BaseException] = {}
     while pending or in_flight:
-        while pending and len(in_flight) < concurrency:
+        timeout = time_left(deadline, request_timeout)
+        while pending and len(in_flight) < concurrency and timeout > 0:
             group = pending.popleft()
             try:
                 future = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)],
-                                                           request_timeout=request_timeout)[group]
+                                                           request_timeout=timeout)[group]
             except KafkaException as error:
                 results[group] = error
                 continue
             in_flight[future] = group
-        if not in_flight:
+        if not in_flight and not pending:
             break
-        done, _ = wait(in_flight, timeout=request_timeout + _FUTURE_GRACE_SECONDS,
-                       return_when=FIRST_COMPLETED)
+        wait_for = request_timeout + _FUTURE_GRACE_SECONDS
+        if deadline is not None:
+            wait_for = min(wait_for, max(0.0, deadline - time.monotonic()))
+        done, _ = wait(in_flight, timeout=wait_for, return_when=FIRST_COMPLETED) if in_flight else (set(), set())
         if not done:
-            # Nothing answered in a whole request timeout: the cluster is not responding; give up
-            # on this round rather than wait once more per remaining group.
-            lost = TimeoutError(f"no committed offsets within {request_timeout:g}s")
+            # Nothing answered in a whole request timeout (or the deadline came): the cluster is not
+            # responding; give up on this round rather than wait once more per remaining group.
+            lost = TimeoutError(f"no committed offsets within {request_timeout:g}s" if wait_for > request_timeout
+                                else "no committed offsets before the deadline")
             for group in [*in_flight.values(), *pending]:
                 results[group] = lost
             break
@@ -230,7 +300,8 @@ def fetch_committed_offsets(admin: AdminClient, groups: Iterable[str], request_t
 
 
 def read_records(consumer: Consumer, starts: Mapping[Partition, int], ends: Mapping[Partition, int], *,
-                 deadline: float, max_records: int | None = None, first_only: bool = False) -> list[Message]:
+                 deadline: float, max_records: int | None = None, first_only: bool = False,
+                 drained: set[Partition] | None = None) -> list[Message]:
     """Records of each partition from ``starts`` (inclusive) up to ``ends`` (exclusive), read in one
     batched assign()/consume() pass over all partitions together.
 
@@ -238,6 +309,10 @@ def read_records(consumer: Consumer, starts: Mapping[Partition, int], ends: Mapp
     next one when compaction or a transaction marker took that offset). Stops at ``deadline``
     (time.monotonic()) or after ``max_records``; whatever was read by then is returned. A start
     below the log start is moved to the log start by the consumer (auto.offset.reset=earliest).
+
+    ``drained``, when given, receives the partitions whose end was reached with no further record
+    returned: what is left below their end is only transaction markers (or aborted records), which
+    a consumer never sees. An open transaction stops the read below the end: not drained.
     """
     remaining = {key: ends[key] for key, start in starts.items() if key in ends and start < ends[key]}
     if not remaining:
@@ -255,7 +330,11 @@ def read_records(consumer: Consumer, starts: Mapping[Partition, int], ends: Mapp
                 key = (message.topic(), message.partition())
                 error = message.error()
                 if error is not None:
-                    if error.code() in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        end = remaining.pop(key, None)
+                        if drained is not None and end is not None and message.offset() >= end:
+                            drained.add(key)
+                    elif error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
                         remaining.pop(key, None)
                     elif error.fatal():
                         raise KafkaException(error)
@@ -267,6 +346,8 @@ def read_records(consumer: Consumer, starts: Mapping[Partition, int], ends: Mapp
                     continue  # a partition already finished, or a record before the start in its batch
                 if message.offset() >= end:
                     remaining.pop(key)
+                    if drained is not None:
+                        drained.add(key)
                     continue
                 records.append(message)
                 if first_only or message.offset() + 1 >= end:

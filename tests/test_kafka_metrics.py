@@ -9,25 +9,27 @@ timestamp the test gave the record" instead of within a timing tolerance.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
 from devkafka import KafkaCluster, free_port
 from exporter.app import build_exporter
-from exporter.dlq_tail import DlqTail
-from exporter.kafka_groups import OffsetChangeTracker
-from exporter.kafka_source import KafkaSource
+from exporter.dlq_tail import KNOWN_ERROR_TYPES, DlqTail
+from exporter.kafka_groups import GroupInfo, GroupsRead, OffsetChangeTracker, PartialFailureLog, group_samples
+from exporter.kafka_metadata import ClusterView
+from exporter.kafka_source import GatherInterrupted, KafkaSource, LastKnownWatermarks
 from exporter.metrics import GROUP_STATES, Collector
 from exporter.refresh import Refresher
 from exporter.snapshot import Sample
 from pipeline.config import Config, parse_config
-from pipeline.kafka import fetch_watermarks
+from pipeline.kafka import Watermarks, admin_client, fetch_committed_offsets, fetch_watermarks
 
 KAFKA_COLLECTORS = ("kafka_cluster", "kafka_topics", "kafka_groups", "pipeline", "dlq")
 # Record timestamps a few minutes in the past: old enough to give a visible age, young enough that
@@ -159,6 +161,7 @@ def test_group_lag_offsets_ages_and_state_partition_by_partition(kafka, unique, 
     assert group_values(results, "kafka_consumer_group_uncommitted_partitions") == {
         (group, orders): 1, (group, audit): 2}
     assert group_values(results, "kafka_consumer_group_members") == {(group,): 1}
+    assert group_values(results, "kafka_consumer_group_read_errors") == {(): 0}
     states = group_values(results, "kafka_consumer_group_state")
     assert states == {(group, state): (1 if state == "Stable" else 0) for state in GROUP_STATES}
     first_seen = clock.now
@@ -227,8 +230,11 @@ def test_dlq_depth_age_error_types_and_pipeline_counters(kafka, unique, source_f
     produce(kafka, [(other, 0, b"k", b"{}", BASE_MS)])
 
     results = source_factory(config).gather()
-    source = source_factory(config)  # a second exporter starting later must count the same
+    source = source_factory(config)  # a second exporter starting later (a restart) must say the same
     first = source.gather()
+    retained_by_type = {("stamp", "FILE_NOT_FOUND"): 3, ("stamp", "ENCODING_ERROR"): 1,
+                        ("stamp", "unparseable"): 2, ("stamp", "UNKNOWN"): 1,
+                        ("stamp", "INTELLIGENCE_SERVICE_ERROR"): 0}
     for gathered in (results, first):
         assert values(gathered, Collector.PIPELINE, "tree_events_processed_total") == {
             ("stamp", "completed"): 4, ("stamp", "failed"): 2}
@@ -238,9 +244,10 @@ def test_dlq_depth_age_error_types_and_pipeline_counters(kafka, unique, source_f
         # the oldest retained dead letter: the one at the log start of partition 1
         assert values(gathered, Collector.DLQ, "tree_dlq_oldest_record_timestamp_seconds") == {
             ("stamp", stage.dlq_topic): (BASE_MS + 2_000) / 1000}
+        assert values(gathered, Collector.DLQ, "tree_dlq_retained_records_by_error_type") == retained_by_type
+        # The counter counts what is written from now on: a restart does not count the DLQ again.
         assert values(gathered, Collector.DLQ, "tree_dlq_records_total") == {
-            ("stamp", "FILE_NOT_FOUND"): 3, ("stamp", "ENCODING_ERROR"): 1, ("stamp", "unparseable"): 2,
-            ("stamp", "UNKNOWN"): 1, ("stamp", "INTELLIGENCE_SERVICE_ERROR"): 0}
+            ("stamp", error_type): 0 for error_type in KNOWN_ERROR_TYPES}
     # The topic filter matches nothing, yet the pipeline's topics are always watched; others are not.
     topics = {labels[0] for labels in values(results, Collector.KAFKA_TOPICS, "kafka_topic_partitions")}
     assert topics == {stage.request_topic, stage.completed_topic, stage.failed_topic, stage.dlq_topic}
@@ -248,14 +255,32 @@ def test_dlq_depth_age_error_types_and_pipeline_counters(kafka, unique, source_f
     processed = values(results, Collector.PIPELINE, "tree_events_processed_total")
     assert {labels[0] for labels in processed} == {"stamp"}
 
-    # New dead letters are counted once, on top of what was read before: the tail remembers.
+    # New dead letters are counted once, by the counter and in what is retained: the tail remembers.
     produce(kafka, [(stage.dlq_topic, 0, None, letter("INTELLIGENCE_SERVICE_ERROR"), BASE_MS + 9_000),
                     (stage.dlq_topic, 1, None, b"", BASE_MS + 9_000)])
     later = source.gather()
     assert values(later, Collector.DLQ, "tree_dlq_records_total") == {
-        ("stamp", "FILE_NOT_FOUND"): 3, ("stamp", "ENCODING_ERROR"): 1, ("stamp", "unparseable"): 3,
-        ("stamp", "UNKNOWN"): 1, ("stamp", "INTELLIGENCE_SERVICE_ERROR"): 1}
+        ("stamp", "FILE_NOT_FOUND"): 0, ("stamp", "ENCODING_ERROR"): 0, ("stamp", "unparseable"): 1,
+        ("stamp", "INTELLIGENCE_SERVICE_ERROR"): 1}
+    assert values(later, Collector.DLQ, "tree_dlq_retained_records_by_error_type") == {
+        **retained_by_type, ("stamp", "unparseable"): 3, ("stamp", "INTELLIGENCE_SERVICE_ERROR"): 1}
     assert values(later, Collector.DLQ, "tree_dlq_retained_records") == {("stamp", stage.dlq_topic): 9}
+    again = source.gather()
+    assert values(again, Collector.DLQ, "tree_dlq_records_total") == values(later, Collector.DLQ,
+                                                                            "tree_dlq_records_total")
+
+    # Retention removes the three oldest records of partition 1 (ENCODING_ERROR, "{not json" and a
+    # FILE_NOT_FOUND): what is retained falls by exactly those; the counter never falls.
+    admin = kafka.admin()  # kept referenced: a collected admin client never completes its futures
+    for future in admin.delete_records([TopicPartition(stage.dlq_topic, 1, 3)]).values():
+        future.result(timeout=30)
+    trimmed = source.gather()
+    assert values(trimmed, Collector.DLQ, "tree_dlq_retained_records_by_error_type") == {
+        ("stamp", "FILE_NOT_FOUND"): 2, ("stamp", "ENCODING_ERROR"): 0, ("stamp", "unparseable"): 2,
+        ("stamp", "UNKNOWN"): 1, ("stamp", "INTELLIGENCE_SERVICE_ERROR"): 1}
+    assert values(trimmed, Collector.DLQ, "tree_dlq_retained_records") == {("stamp", stage.dlq_topic): 6}
+    assert values(trimmed, Collector.DLQ, "tree_dlq_records_total") == values(later, Collector.DLQ,
+                                                                              "tree_dlq_records_total")
     # The tail reads with assign() only: it never joined, created or committed a consumer group.
     listed = kafka.admin().list_consumer_groups(request_timeout=10).result(timeout=15)
     assert not [g.group_id for g in listed.valid if g.group_id.startswith("treewatch")]
@@ -265,19 +290,26 @@ def test_the_dlq_tail_reads_a_bounded_number_of_records_per_refresh(kafka, uniqu
     config = make_config(kafka, unique)
     stage = config.stage("index")
     create_topics(kafka, {stage.dlq_topic: 1})
-    produce(kafka, [(stage.dlq_topic, 0, None, json.dumps({"error_type": "FILE_NOT_FOUND"}).encode(), BASE_MS)
-                    for _ in range(7)])
+    letter = json.dumps({"error_type": "FILE_NOT_FOUND"}).encode()
+    produce(kafka, [(stage.dlq_topic, 0, None, letter, BASE_MS) for _ in range(7)])
     admin = kafka.admin()
+    key = (stage.dlq_topic, 0)
     tail = DlqTail(config.kafka, config.stages, max_records_per_refresh=3, read_timeout_seconds=10)
+
+    def advance() -> tuple[float | None, float]:
+        tail.advance([key], fetch_watermarks(admin, [key], 10))
+        by_type = {(metric, labels): value for metric, labels, value in tail.samples()}
+        return (by_type.get(("tree_dlq_retained_records_by_error_type", ("index", "FILE_NOT_FOUND"))),
+                by_type[("tree_dlq_records_total", ("index", "FILE_NOT_FOUND"))])
+
     try:
-        counted = []
-        for _ in range(4):
-            tail.advance([(stage.dlq_topic, 0)], fetch_watermarks(admin, [(stage.dlq_topic, 0)], 10))
-            totals = {labels: value for _, labels, value in tail.samples()}
-            counted.append(totals[("index", "FILE_NOT_FOUND")])
+        # 3 records a refresh: the breakdown appears once all 7 retained at first sight are read.
+        seen = [advance() for _ in range(4)]
+        produce(kafka, [(stage.dlq_topic, 0, None, letter, BASE_MS) for _ in range(5)])
+        seen += [advance() for _ in range(3)]
     finally:
         tail.close()
-    assert counted == [3, 6, 7, 7]
+    assert seen == [(None, 0), (None, 0), (7, 0), (7, 0), (10, 3), (12, 5), (12, 5)]
 
 
 def test_records_deleted_below_the_committed_offset_keep_lag_true(kafka, unique, source_factory):
@@ -381,3 +413,131 @@ def test_offset_change_times_survive_a_refresh_that_missed_the_group():
     assert tracker.observe([(key, 9)], now=160.0) == {key: 160.0}
     tracker.observe([], now=1000.0)  # gone for longer than forget_after: forgotten
     assert tracker.observe([(key, 9)], now=1015.0) == {key: 1015.0}
+
+
+def test_a_transactional_topic_consumed_to_its_end_has_no_lag(kafka, unique, source_factory, caplog):
+    """A transaction's commit marker takes the offset after its last record; a consumer that
+    commits after that record is "behind" by the marker for ever, though nothing is left to read.
+    (treewatch dlq replay writes request topics this way.)"""
+    config = make_config(kafka, unique)
+    stage = config.stage("discover")
+    topic, done, behind = stage.request_topic, f"done-{unique}", f"behind-{unique}"
+    create_topics(kafka, {topic: 1})
+    stamps = [BASE_MS + i * 1000 for i in range(3)]
+    transactional = Producer({"bootstrap.servers": kafka.bootstrap_servers, "transactional.id": f"tx-{unique}"})
+    transactional.init_transactions(30)
+    transactional.begin_transaction()
+    for i, timestamp in enumerate(stamps):
+        transactional.produce(topic, b"{}", key=f"k{i}".encode(), partition=0, timestamp=timestamp)
+    transactional.commit_transaction(30)
+    committer = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": done,
+                          "enable.auto.commit": False})
+    committer.commit(offsets=[TopicPartition(topic, 0, len(stamps))], asynchronous=False)
+    committer.close()
+    committer = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": behind,
+                          "enable.auto.commit": False})
+    committer.commit(offsets=[TopicPartition(topic, 0, 1)], asynchronous=False)
+    committer.close()
+
+    clock = FixedClock(time.time())
+    source = source_factory(config, clock)
+    caplog.set_level(logging.WARNING, logger="treewatch")
+    for _ in range(2):  # the second answer comes from the cache of "only markers from here"
+        results = source.gather()
+        high = values(results, Collector.KAFKA_TOPICS, "kafka_topic_partition_current_offset")
+        assert high == {(topic, "0"): len(stamps) + 1}, "the commit marker takes an offset"
+        assert group_values(results, "kafka_consumer_group_lag") == {
+            (done, topic, "0"): 0, (behind, topic, "0"): len(stamps) + 1 - 1}
+        assert group_values(results, "kafka_consumer_group_lag_seconds") == {
+            (done, topic, "0"): 0, (behind, topic, "0"): pytest.approx(clock.now - stamps[1] / 1000)}
+        # The counters count offsets: the marker included, as their help says.
+        assert values(results, Collector.PIPELINE, "tree_events_requested_total") == {
+            ("discover",): len(stamps) + 1}
+    assert not [r for r in caplog.records if "no record timestamp" in r.getMessage()]
+
+
+def test_a_partition_missing_from_one_refresh_keeps_the_counters_from_going_backwards():
+    """One partition without offsets this time (no leader, a timeout) counts with its last known
+    offsets for the grace period, after which the sums that need it are left out, not made smaller."""
+    known = LastKnownWatermarks(keep_seconds=60)
+    a0, a1 = ("a", 0), ("a", 1)
+    first = known.fill([a0, a1], Watermarks({a0: 10, a1: 7}, {a0: 0, a1: 2}, {}), now=100.0)
+    assert (first.high, first.low) == ({a0: 10, a1: 7}, {a0: 0, a1: 2})
+    missing = Watermarks({a0: 12}, {a0: 0}, {a1: TimeoutError("no leader")})
+    during = known.fill([a0, a1], missing, now=130.0)
+    assert (during.high, during.low, during.errors) == ({a0: 12, a1: 7}, {a0: 0, a1: 2}, {})
+    later = known.fill([a0, a1], missing, now=161.0)
+    assert later.high == {a0: 12} and set(later.errors) == {a1}
+    assert known.fill([a0], missing, now=162.0).high == {a0: 12}  # a partition no longer asked is forgotten
+    assert known.fill([a0, a1], missing, now=163.0).high == {a0: 12}
+
+
+def test_a_stage_with_an_unknown_partition_leaves_its_sums_out(kafka, unique, source_factory):
+    config = make_config(kafka, unique)
+    stage = config.stage("index")
+    create_topics(kafka, {stage.request_topic: 2, stage.completed_topic: 1, stage.failed_topic: 1})
+    produce(kafka, [(stage.request_topic, p, b"k", b"{}", BASE_MS) for p in (0, 1, 1)])
+    produce(kafka, [(stage.completed_topic, 0, b"k", b"{}", BASE_MS)])
+    source = source_factory(config)
+    results = source.gather()
+    assert values(results, Collector.PIPELINE, "tree_events_requested_total") == {("index",): 3}
+    assert values(results, Collector.PIPELINE, "tree_events_in_flight") == {("index",): 2}
+    # The same view of the cluster, with partition 1 of the request topic and the whole completed
+    # topic never read: the sums needing them are left out, the one that does not is still given.
+    view = ClusterView.from_metadata(kafka.admin().list_topics(timeout=10))
+    partial = Watermarks({(stage.request_topic, 0): 1, (stage.failed_topic, 0): 0},
+                         {(stage.request_topic, 0): 0, (stage.failed_topic, 0): 0}, {})
+    samples = source._pipeline_samples(view, partial)
+    counted = {(s.metric, s.labels): s.value for s in samples if s.metric != "tree_pipeline_stage_info"}
+    assert counted == {("tree_events_processed_total", ("index", "failed")): 0}
+
+
+def test_a_group_whose_offsets_could_not_be_read_keeps_its_state_and_the_failure_shows(caplog):
+    unread = GroupInfo("g", "Stable", 2, frozenset({"t"}), {}, committed_read=False)
+    read = GroupsRead([unread], {"list": [], "committed_offsets": [TimeoutError("coordinator slow")]})
+    samples = group_samples(read, [], {"t": 3}, {}, {}, frozenset(), now=0.0)
+    by_metric: dict[str, dict[tuple[str, ...], float]] = {}
+    for item in samples:
+        by_metric.setdefault(item.metric, {})[item.labels] = item.value
+    assert by_metric.pop("kafka_consumer_group_state") == {("g", s): float(s == "Stable") for s in GROUP_STATES}
+    assert by_metric.pop("kafka_consumer_group_members") == {("g",): 2}
+    assert by_metric.pop("kafka_consumer_group_read_errors") == {(): 1}
+    # Nothing is said about its offsets: not "all 3 partitions uncommitted", no lag.
+    assert by_metric == {}
+
+    caplog.set_level(logging.INFO, logger="treewatch")
+    failures = PartialFailureLog(logging.getLogger("treewatch.test"))
+    for _ in range(3):
+        failures.report(read.errors)
+    failures.report({"list": [KafkaException(KafkaError(KafkaError._TIMED_OUT, "broker 2 down"))]})
+    failures.report({})
+    failures.report({})
+    logged = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "treewatch.test"]
+    assert [level for level, _ in logged] == [logging.WARNING, logging.WARNING, logging.INFO]
+    assert "coordinator slow" in logged[0][1] and "broker 2 down" in logged[1][1]
+
+
+def test_calls_to_an_unreachable_cluster_end_at_the_gather_deadline(unique):
+    """With a 30 s request timeout, per-round waits would take 30 s for each round of groups; the
+    shared deadline ends the whole call at 1 s. The bound checked is far from both."""
+    settings = parse_config({"kafka": {"bootstrap_servers": f"127.0.0.1:{free_port()}"}},
+                            source=f"test-{unique}").kafka
+    admin = admin_client(settings)
+    groups = [f"g{i}-{unique}" for i in range(6)]
+    started = time.monotonic()
+    answers = fetch_committed_offsets(admin, groups, 30, concurrency=2, deadline=time.monotonic() + 1)
+    with pytest.raises((TimeoutError, KafkaException), match="[Tt]imed out|no offsets"):
+        fetch_watermarks(admin, [("t", 0)], 30, deadline=time.monotonic() + 1)
+    assert time.monotonic() - started < 15
+    assert set(answers) == set(groups)
+    # Asked before the deadline: librdkafka's own timeout, shortened to it; not asked: ours.
+    assert all(isinstance(answer, (TimeoutError, KafkaException)) and "imed out" in str(answer)
+               or "before the deadline" in str(answer) for answer in answers.values()), answers
+
+
+def test_an_interrupted_gather_ends_at_its_next_step(kafka, unique, source_factory):
+    source = source_factory(make_config(kafka, unique))
+    assert not isinstance(source.gather()[Collector.KAFKA_CLUSTER], BaseException)
+    source.interrupt()
+    with pytest.raises(GatherInterrupted):
+        source.gather()

@@ -4,6 +4,7 @@ abstraction: anything with name, collectors, gather() and close()) and a clock t
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 
@@ -104,14 +105,41 @@ def test_a_source_that_raises_fails_every_one_of_its_collectors():
 
 def test_the_series_cap_drops_what_exceeds_it_and_counts_it_per_collector():
     clock = Clock()
-    source = ScriptedSource({Collector.KAFKA_TOPICS: offsets(1, 2, 3, 4), Collector.DLQ: dlq(9)})
-    snapshot = refresher(source, clock, max_series=3).run_once()
-    assert len(snapshot.values("kafka_topic_partition_current_offset")) == 3
-    assert snapshot.values("tree_dlq_records_total") == {}
-    assert snapshot.values("treewatch_series_dropped") == {("kafka_topics",): 1, ("dlq",): 1}
+    two_topics = offsets(1, 2) + [sample("kafka_topic_partition_current_offset", 3, topic="u", partition=0)]
+    source = ScriptedSource({Collector.KAFKA_TOPICS: two_topics, Collector.DLQ: dlq(9)})
+    snapshot = refresher(source, clock, max_series=2).run_once()
+    # The DLQ goes before the topics; topic t (two partitions) no longer fits whole, u still does.
+    assert snapshot.values("tree_dlq_records_total") == {("stamp", "FILE_NOT_FOUND"): 9}
+    assert snapshot.values("kafka_topic_partition_current_offset") == {("u", "0"): 3}
+    assert snapshot.values("treewatch_series_dropped") == {("kafka_topics",): 2, ("dlq",): 0}
     # The exporter's own series are outside the cap: they are how the cap is noticed.
     assert snapshot.values("treewatch_build_info") == {tuple(BUILD_INFO.values()): 1}
     assert snapshot.values("treewatch_collector_success") == {("kafka_topics",): 1, ("dlq",): 1}
+
+
+def group_series(group: str, partitions: int) -> list[Sample]:
+    series = [sample("kafka_consumer_group_state", 1, group=group, state="Stable"),
+              sample("kafka_consumer_group_members", 1, group=group)]
+    return series + [sample("kafka_consumer_group_lag", 0, group=group, topic="t", partition=p)
+                     for p in range(partitions)]
+
+
+def test_the_cap_serves_small_collectors_first_and_keeps_or_drops_a_group_whole():
+    services = [sample("tree_service_status", 1, service=name, status="healthy")
+                for name in ("intelligence", "bridge")]
+    # Lag series come after every group's state, as the Kafka source writes them.
+    groups = group_series("a", 2)[:2] + group_series("b", 3)[:2] + group_series("a", 2)[2:] + group_series("b", 3)[2:]
+    cluster = [sample("kafka_brokers", 3)]
+    # The groups come first here, the services last: the order given must not matter.
+    given = [(Collector.KAFKA_GROUPS, groups), (Collector.KAFKA_CLUSTER, cluster), (Collector.SERVICES, services)]
+    # Room for the services, the cluster, group a (4 series) and only half of group b (5 series).
+    snapshot = Snapshot.build(given, built_at=1.0, max_series=3 + 4 + 2)
+    assert snapshot.values("tree_service_status") == {("intelligence", "healthy"): 1, ("bridge", "healthy"): 1}
+    assert snapshot.values("kafka_brokers") == {(): 3}
+    assert snapshot.values("kafka_consumer_group_members") == {("a",): 1}
+    assert snapshot.values("kafka_consumer_group_lag") == {("a", "t", "0"): 0, ("a", "t", "1"): 0}
+    assert dict(snapshot.dropped) == {Collector.KAFKA_GROUPS: 5}
+    assert len(snapshot) == 9 - 2
 
 
 def test_a_scrape_renders_each_snapshot_once(monkeypatch):
@@ -178,3 +206,78 @@ def test_the_background_loop_becomes_ready_and_stops_closing_its_sources():
     finally:
         loop.stop(timeout=10)
     assert source.closed
+
+
+def test_stop_interrupts_a_running_gather_and_never_closes_a_source_still_in_use():
+    entered, release = threading.Event(), threading.Event()
+
+    class SlowSource(ScriptedSource):
+        """Gathers until released; interrupt() releases it, as a source checking between steps would."""
+
+        interrupted = False
+
+        def gather(self):
+            entered.set()
+            release.wait(30)
+            assert not self.closed, "closed while its gather was running"
+            return super().gather()
+
+        def interrupt(self):
+            self.interrupted = True
+            release.set()
+
+    source = SlowSource({Collector.KAFKA_TOPICS: offsets(1), Collector.DLQ: dlq(0)})
+    loop = refresher(source, Clock())
+    loop.start()
+    assert entered.wait(10)
+    loop.stop(timeout=10)
+    assert source.interrupted and source.closed
+
+    # A source that ignores the interruption is left open when the stop timeout passes.
+    stuck_release = threading.Event()
+
+    class StuckSource(ScriptedSource):
+        def gather(self):
+            entered.set()
+            stuck_release.wait(30)
+            return super().gather()
+
+    entered.clear()
+    stuck = StuckSource({Collector.KAFKA_TOPICS: offsets(1), Collector.DLQ: dlq(0)})
+    loop = refresher(stuck, Clock())
+    loop.start()
+    try:
+        assert entered.wait(10)
+        loop.stop(timeout=0.2)
+        assert not stuck.closed
+    finally:
+        stuck_release.set()
+
+
+def test_after_a_failed_run_the_loop_rests_a_whole_interval():
+    """A failed run that took longer than the interval (a broker timing out) is not followed by the
+    next one at once: between them lies a whole interval of rest, not a hot loop."""
+    interval = 0.3
+    ended: list[float] = []
+    started: list[float] = []
+    two_runs = threading.Event()
+
+    class SlowFailingSource(ScriptedSource):
+        def gather(self):
+            started.append(time.monotonic())
+            if len(started) == 2:
+                two_runs.set()
+                return super().gather()
+            threading.Event().wait(interval * 2)  # a request that times out after twice the interval
+            ended.append(time.monotonic())
+            raise TimeoutError("no answer")
+
+    source = SlowFailingSource({Collector.KAFKA_TOPICS: offsets(1), Collector.DLQ: dlq(0)})
+    loop = Refresher([source], interval_seconds=interval, stale_grace_seconds=GRACE, max_series=100,
+                     build_info=BUILD_INFO, clock=Clock())
+    loop.start()
+    try:
+        assert two_runs.wait(30)
+    finally:
+        loop.stop(timeout=10)
+    assert started[1] - ended[0] >= interval
