@@ -5,8 +5,10 @@ from simulator.core import SIMULATED_STAGES, Simulator, SimulatorError, Simulato
 from simulator.health import STATUSES, HealthEndpoints
 from simulator.load import Project
 from simulator.stages import ERROR_TYPES, INVALID_EVENT, StageBehaviour
+from simulator.worker import WorkerStuck
 
 __all__ = [
     "ERROR_TYPES", "INVALID_EVENT", "SIMULATED_STAGES", "STATUSES",
     "HealthEndpoints", "Project", "Simulator", "SimulatorError", "SimulatorSettings", "StageBehaviour",
+    "WorkerStuck",
 ]

@@ -26,7 +26,7 @@ from simulator.health import HealthEndpoints
 from simulator.load import LoadGenerator, Project
 from simulator.stages import Discover, Index, StageBehaviour, StageLogic, Stamp
 from simulator.topics import ensure_topics
-from simulator.worker import StageWorker, WorkerStats
+from simulator.worker import StageWorker, WorkerStats, WorkerStuck
 
 log = logging.getLogger("treewatch.simulator")
 
@@ -90,13 +90,23 @@ class Simulator:
         return self
 
     def stop(self) -> None:
+        """Stop everything; raises WorkerStuck (after stopping the rest) if a stage would not stop."""
+        # All stages finish their batches at the same time rather than one after the other.
         for worker in self.workers.values():
-            worker.stop()
+            worker.request_stop()
+        stuck: list[WorkerStuck] = []
+        for worker in self.workers.values():
+            try:
+                worker.stop()
+            except WorkerStuck as error:
+                stuck.append(error)
         self.workers.clear()
         if self._load is not None:
             self._load.close()
             self._load = None
         self.health.stop()
+        if stuck:
+            raise WorkerStuck("; ".join(str(error) for error in stuck))
 
     def __enter__(self) -> Simulator:
         return self.start()

@@ -64,4 +64,8 @@ class LoadGenerator:
         return project
 
     def close(self) -> None:
-        self._producer.flush(10)
+        # publish() already waited for every request; close() ends the producer's threads now
+        # rather than whenever the garbage collector gets to it.
+        if self._producer.flush(10):
+            self._producer.purge()  # requests publish() already reported as not written
+        self._producer.close()

@@ -18,7 +18,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.config import Stage
-from pipeline.events import dead_letter, decode_json_object, envelope
+from pipeline.events import (
+    SYNTHETIC_FILE_COUNT_FIELD,
+    correlation_id,
+    dead_letter,
+    decode_json_object,
+    envelope,
+)
 
 SOURCE = "treewatch-simulator"
 
@@ -29,12 +35,12 @@ ERROR_MESSAGES: dict[str, str] = {
     "ENCODING_ERROR": "Cannot decode file with UTF-8 encoding",
 }
 ERROR_TYPES: tuple[str, ...] = tuple(ERROR_MESSAGES)
-# A request the stage cannot read at all still goes to its DLQ, as the real services do.
+# A request the stage cannot read at all is failed and dead-lettered, like any other failure.
 INVALID_EVENT = "INVALID_EVENT"
 
 # Optional request field: how many files discovery finds in the synthetic project. Without it
 # (a request typed by hand, as in the guide's `rpk topic produce` example) the default applies.
-FILE_COUNT_FIELD = "synthetic_file_count"
+FILE_COUNT_FIELD = SYNTHETIC_FILE_COUNT_FIELD
 
 
 @dataclass(frozen=True)
@@ -122,9 +128,21 @@ class StageLogic(ABC):
                                   Record(self.stage.dlq_topic, key, letter)))
 
     def _invalid(self, value: bytes | None, error: InvalidRequest) -> Outcome:
-        raw = value.decode("utf-8", errors="replace") if value is not None else None
-        letter = dead_letter(self.stage.request_topic, raw, INVALID_EVENT, f"unreadable request: {error}")
-        return Outcome("invalid", (Record(self.stage.dlq_topic, None, letter),))
+        """A failed event as for any failure, so requested = completed + failed still adds up
+        (tree_events_in_flight would otherwise grow by one per bad request, for ever), and
+        the raw request in a dead letter for whoever repairs it."""
+        # A JSON object missing a field is kept as the object (its correlation_id included), so
+        # the dead letter can be traced and replayed; anything else as the text it was.
+        original: Any = decode_json_object(value)
+        if original is None and value is not None:
+            original = value.decode("utf-8", errors="replace")
+        message = f"unreadable request: {error}"
+        key = correlation_id(value)
+        failed = _event(f"{self.event_name}.failed",
+                        {"correlation_id": key, "error_type": INVALID_EVENT, "error_message": message})
+        letter = dead_letter(self.stage.request_topic, original, INVALID_EVENT, message)
+        return Outcome("invalid", (Record(self.stage.failed_topic, key, failed),
+                                   Record(self.stage.dlq_topic, key, letter)))
 
     @staticmethod
     def _failure(payload: dict[str, Any], behaviour: StageBehaviour,

@@ -29,6 +29,11 @@ POLL_SECONDS = 0.2
 # A slow stage takes smaller batches, so it still commits every few seconds and never comes near
 # max.poll.interval.ms (after which Kafka would take its partitions away).
 BATCH_SECONDS = 5.0
+# Longest wait for Kafka to confirm a batch's outputs, and for the rest of them when closing.
+FLUSH_SECONDS = 30.0
+CLOSE_FLUSH_SECONDS = 10.0
+# stop() waits this long: a flush in progress, then the close's flush and leaving the group.
+STOP_SECONDS = FLUSH_SECONDS + CLOSE_FLUSH_SECONDS + 20.0
 
 
 @dataclass
@@ -42,6 +47,10 @@ class WorkerStats:
 
     def add(self, status: str) -> None:
         setattr(self, status, getattr(self, status) + 1)
+
+
+class WorkerStuck(RuntimeError):
+    """A worker did not stop in time; the message says what it was still doing."""
 
 
 class DeliveryFailed(RuntimeError):
@@ -65,6 +74,7 @@ class StageWorker:
         self._delivery_errors: list[str] = []
         self._holding = False  # whether the assignment is currently paused by us
         self.error: BaseException | None = None
+        self._doing = "starting"  # what the loop is busy with, for the error when it will not stop
 
     # -- control -------------------------------------------------------------------------------
 
@@ -82,10 +92,27 @@ class StageWorker:
         self._consumer.subscribe([self.stage.request_topic], on_assign=self._on_assign)
         self._thread.start()
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def request_stop(self) -> None:
+        """Ask the loop to finish its batch and close its clients; stop() waits for it."""
         self._stop.set()
+
+    def stop(self, timeout: float = STOP_SECONDS) -> None:
+        """Stop the loop and wait until it has closed its consumer and producer.
+
+        Raises WorkerStuck when it is still busy after ``timeout``. The clients are not closed
+        from here then: the loop's thread may be inside one of their calls, and closing a
+        librdkafka handle under a call in progress is a use-after-free (a crash, not an error).
+        The thread closes them itself as soon as that call returns.
+        """
+        self.request_stop()
+        if not self._thread.is_alive():
+            return
+        self._thread.join(timeout)
         if self._thread.is_alive():
-            self._thread.join(timeout)
+            log.error("simulated %s service still busy %gs after stop (%s); its Kafka clients close "
+                      "when that returns", self.stage.name, timeout, self._doing)
+            raise WorkerStuck(f"the simulated {self.stage.name} service did not stop within {timeout:g}s: "
+                              f"still {self._doing} (is Kafka at {self._kafka.bootstrap_servers} reachable?)")
 
     def pause(self) -> None:
         self._paused.set()
@@ -122,6 +149,7 @@ class StageWorker:
                     continue
                 if self._holding:
                     self._release()
+                self._doing = "fetching requests"
                 messages = self._consumer.consume(self._batch_size(), timeout=POLL_SECONDS)
                 batch = [m for m in messages if self._usable(m)]
                 if batch:
@@ -175,6 +203,7 @@ class StageWorker:
             for record in outcome.records:
                 self._produce(record.topic, record.key, record.value)
         try:
+            self._doing = "waiting for Kafka to confirm a batch's outputs"
             self._flush()
         except DeliveryFailed as error:
             log.warning("%s: %s; processing the batch again", self.stage.name, error)
@@ -183,6 +212,7 @@ class StageWorker:
             self._rewind(batch)
             return
         try:
+            self._doing = "committing a batch's offsets"
             self._consumer.commit(asynchronous=False)
         except KafkaException as error:
             # Typically a rebalance took the partitions away: their new owner replays the batch.
@@ -207,10 +237,10 @@ class StageWorker:
             self._delivery_errors.append(str(error))
 
     def _flush(self) -> None:
-        remaining = self._producer.flush(30)
+        remaining = self._producer.flush(FLUSH_SECONDS)
         errors = self._delivery_errors
         if remaining:
-            raise DeliveryFailed(f"{remaining} outputs still unconfirmed after 30s")
+            raise DeliveryFailed(f"{remaining} outputs still unconfirmed after {FLUSH_SECONDS:g}s")
         if errors:
             raise DeliveryFailed(f"{len(errors)} outputs not written (first: {errors[0]})")
 
@@ -227,8 +257,14 @@ class StageWorker:
                 log.debug("%s: rewind of %s[%d] skipped: %s", self.stage.name, topic, partition, error)
 
     def _close(self) -> None:
+        self._doing = "closing its Kafka clients"
         try:
-            self._producer.flush(10)
+            if self._producer.flush(CLOSE_FLUSH_SECONDS):
+                # Outputs of a batch that was never committed: dropping them loses nothing, the
+                # batch is delivered again. Kept, they would hold the producer's close up.
+                self._producer.purge()
+            self._producer.close()
         finally:
             # close() leaves the group at once, so the exporter sees it Empty, not a ghost member.
             self._consumer.close()
+            self._doing = "stopped"

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +24,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from devkafka import free_port
+from devkafka.processes import ProcessStartError, running_process
 from pipeline.config import DEFAULT_SERVICES, DEFAULT_STAGES, ENV_OVERRIDES, load_config, schema
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,42 +82,104 @@ def prometheus_sees_the_exporter(prometheus_url: str) -> bool:
     return [r["value"][1] for r in answer.json()["data"]["result"]] == ["1"]
 
 
-def test_demo_runs_the_whole_bundle_and_stops_cleanly_when_its_duration_is_up() -> None:
-    duration = 20
+def prometheus_alert_rules(prometheus_url: str) -> set[str]:
+    answer = httpx.get(f"{prometheus_url}/api/v1/rules", params={"type": "alert"}, timeout=5)
+    answer.raise_for_status()
+    return {rule["name"] for group in answer.json()["data"]["groups"] for rule in group["rules"]}
+
+
+def refuses_connections(url: str) -> bool:
+    """Nothing listens at the URL's host:port any more (a live server would accept)."""
+    host, port = url.split("//", 1)[-1].split("/", 1)[0].rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+# Independent of how long the demo is asked to run: awaiting a condition on a busy 2-core host.
+DEMO_STARTS_WITHIN_SECONDS = 180
+DEMO_SHOWS_WITHIN_SECONDS = 120
+# The rules are evaluated every 30 s and Alertmanager notifies after that: more slack still.
+DEMO_ALERTS_WITHIN_SECONDS = 240
+
+
+def test_demo_runs_the_whole_bundle_and_stops_cleanly_on_ctrl_c() -> None:
+    # A --duration far beyond the test's deadlines: it only bounds a demo the test failed to stop.
     process = subprocess.Popen(
-        [sys.executable, "-m", "treewatch", "demo", "--duration", str(duration), "--files", "40",
-         "--free-ports"],
+        [sys.executable, "-m", "treewatch", "demo", "--duration", "900", "--files", "40", "--free-ports"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
         output = Output(process)
         # Starting Kafka from cold may take a while on a busy machine.
-        metrics_url = output.wait_for(r"exporter metrics\s+(http://\S+/metrics)", process, 150).group(1)
+        metrics_url = output.wait_for(r"exporter\s+(http://\S+/metrics)", process,
+                                      DEMO_STARTS_WITHIN_SECONDS).group(1)
         kafka = output.wait_for(r"kafka: (\S+);", process, timeout=5).group(1)
-        prometheus = output.wait_for(r"prometheus\s+(http://\S+)", process, timeout=5).group(1)
-        output.wait_for(r"alertmanager\s+(http://\S+)", process, timeout=5)
+        prometheus = output.wait_for(r"prometheus\s+(http://\S+)/alerts", process, timeout=5).group(1)
+        alertmanager = output.wait_for(r"alertmanager\s+(http://\S+)", process, timeout=5).group(1)
 
-        deadline = time.monotonic() + duration
+        # The generated rules, not an empty rule set, are what Prometheus evaluates.
+        rules = yaml.safe_load((REPO / "alerts" / "generated" / "treewatch-rules.yml").read_text())
+        generated = {rule["alert"] for group in rules["groups"] for rule in group["rules"] if "alert" in rule}
+        assert prometheus_alert_rules(prometheus) == generated
+
+        deadline = time.monotonic() + DEMO_SHOWS_WITHIN_SECONDS
         while not (GUIDE_GROUPS <= lag_groups(metrics_url) and prometheus_sees_the_exporter(prometheus)):
             assert time.monotonic() < deadline, (
                 f"lag series for {GUIDE_GROUPS - lag_groups(metrics_url)} or Prometheus' scrape missing "
-                f"while the demo ran; output:\n{output.text}")
+                f"after {DEMO_SHOWS_WITHIN_SECONDS}s; output:\n{output.text}")
+            assert process.poll() is None, f"the demo stopped early; output:\n{output.text}"
             time.sleep(0.5)
+        # The Watchdog went Prometheus → the generated Alertmanager config → the demo's Slack stand-in.
+        output.wait_for(r"^heartbeat: the Watchdog alert reached its receiver", process,
+                        DEMO_ALERTS_WITHIN_SECONDS)
+        output.wait_for(r"lag +tree-discovery-group=\d+ stamping-generator-group=\d+ "
+                        r"indexing-processor-group=\d+", process, DEMO_SHOWS_WITHIN_SECONDS)
 
-        assert process.wait(timeout=duration + 60) == 0, output.text
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=120) == 0, output.text
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
     output.wait_for(r"^demo stopped$", process, timeout=5)
-    summary = r"lag +tree-discovery-group=\d+ stamping-generator-group=\d+ indexing-processor-group=\d+"
-    assert re.search(summary, output.text), output.text
     # Everything it started is gone with it.
-    host, port = kafka.split(":")
-    for url in (metrics_url, prometheus, f"http://{host}:{port}"):
-        with pytest.raises(httpx.TransportError):
-            httpx.get(url, timeout=2)
+    for url in (metrics_url, prometheus, alertmanager, f"http://{kafka}"):
+        assert refuses_connections(url), f"{url} still accepts connections after the demo stopped"
+
+
+# -- devkafka.processes (how the demo runs Prometheus and Alertmanager) ----------------------------
+
+def test_a_server_that_exits_before_it_is_ready_is_reported_with_its_log(tmp_path: Path) -> None:
+    crashing = [sys.executable, "-c", "import sys; print('bad flag --config.file'); sys.exit(3)"]
+    with pytest.raises(ProcessStartError, match=r"(?s)crasher exited with 3 .*bad flag --config\.file"):
+        with running_process("crasher", crashing, f"http://127.0.0.1:{free_port()}/-/ready",
+                             tmp_path / "crasher.log"):
+            raise AssertionError("a server that exited was reported ready")
+
+
+def test_a_server_that_never_gets_ready_is_reported_and_stopped(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    silent = [sys.executable, "-c", f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); "
+                                    "print('listening nowhere', flush=True); time.sleep(600)"]
+    url = f"http://127.0.0.1:{free_port()}/-/ready"
+    with pytest.raises(ProcessStartError, match=r"(?s)silent not ready at .* within 2s.*listening nowhere"):
+        with running_process("silent", silent, url, tmp_path / "silent.log", timeout=2):
+            raise AssertionError("a server that never answered was reported ready")
+    # Stopped and reaped, not left running.
+    assert not Path(f"/proc/{int(pid_file.read_text())}").exists()
+
+
+def test_a_ready_server_is_yielded_and_stopped_when_the_block_ends(tmp_path: Path) -> None:
+    port = free_port()
+    serving = [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port)]
+    with running_process("http.server", serving, f"http://127.0.0.1:{port}/", tmp_path / "http.log") as process:
+        assert httpx.get(f"http://127.0.0.1:{port}/", timeout=5).status_code == 200
+    assert process.poll() is not None
+    assert refuses_connections(f"http://127.0.0.1:{port}/")
 
 
 # -- docker-compose.yml ----------------------------------------------------------------------------
@@ -178,6 +243,18 @@ def test_published_ports_do_not_clash_and_are_the_guides() -> None:
     guide_ports = {url.rsplit(":", 1)[1].split("/")[0] for url in DEFAULT_SERVICES.values()}
     assert guide_ports <= set(published)
     assert {"9847", "9090", "9093", "3000"} <= set(published)
+
+
+def test_prometheus_and_alertmanager_know_the_url_people_reach_them_at() -> None:
+    # Without it the Slack messages' Query and Silence buttons point at the container's own name.
+    services = compose()["services"]
+    for name, port in (("prometheus", "9090"), ("alertmanager", "9093")):
+        flags = [arg for arg in services[name]["command"] if arg.startswith("--web.external-url=")]
+        assert len(flags) == 1, f"{name}: {services[name]['command']}"
+        variable, default = re.fullmatch(r"--web.external-url=\$\{([A-Z_]+):-([^}]+)\}", flags[0]).groups()
+        assert variable == f"{name.upper()}_EXTERNAL_URL"
+        assert default == f"http://localhost:{port}"
+        assert f"{port}:{port}" in services[name]["ports"]
 
 
 def test_the_treewatch_containers_config_is_valid_and_points_inside_the_stack() -> None:

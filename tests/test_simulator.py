@@ -30,8 +30,10 @@ from simulator import (
     Project,
     Simulator,
     SimulatorSettings,
+    StageBehaviour,
 )
-from simulator.stages import FILE_COUNT_FIELD
+from simulator.stages import FILE_COUNT_FIELD, Index
+from simulator.worker import StageWorker, WorkerStuck
 
 
 def unique_config_data(bootstrap_servers: str) -> dict[str, Any]:
@@ -119,6 +121,21 @@ def committed_and_end(sim: Simulator, stage: str) -> tuple[int, int]:
     finally:
         consumer.close()
     return sum(tp.offset for tp in committed if tp.topic == config.request_topic and tp.offset >= 0), end
+
+
+def records_written(settings: KafkaSettings, topic: str) -> int:
+    """Sum of the topic's high watermarks: every record ever written to it (what the exporter counts)."""
+    consumer = reader(settings)
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions)
+    finally:
+        consumer.close()
+
+
+def native_threads() -> int:
+    """This process's OS threads, librdkafka's included (threading.enumerate() sees Python's only)."""
+    return len(list(Path("/proc/self/task").iterdir()))
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
@@ -228,15 +245,18 @@ def test_an_error_rate_fails_that_share_of_requests_with_the_guides_error_types(
     assert {x["error_type"] for x in stage_events(simulator, "index", "dlq", project)} <= set(ERROR_TYPES)
 
 
-def test_an_unreadable_request_is_dead_lettered_and_the_stage_keeps_going(simulator: Simulator) -> None:
+def test_an_unreadable_request_is_failed_and_dead_lettered_and_the_stage_keeps_going(
+        simulator: Simulator) -> None:
     from pipeline.kafka import producer
 
     discover = simulator.config.stage("discover")
     marker = f"not json {uuid.uuid4()}"
+    incomplete = {"correlation_id": str(uuid.uuid4())}  # readable, but no project_path
     bare = {"project_path": "/projects/typed-by-hand", "correlation_id": str(uuid.uuid4()),
             FILE_COUNT_FIELD: 2}
     writer = producer(simulator.config.kafka)
     writer.produce(discover.request_topic, marker.encode())
+    writer.produce(discover.request_topic, json.dumps(incomplete).encode())
     # The guide's hand-typed request is a bare object, not an envelope: still a valid request.
     writer.produce(discover.request_topic, json.dumps(bare).encode())
     assert writer.flush(30) == 0
@@ -251,8 +271,24 @@ def test_an_unreadable_request_is_dead_lettered_and_the_stage_keeps_going(simula
     assert letter["original_topic"] == discover.request_topic
     typed = Project(bare["correlation_id"], "typed-by-hand", bare["project_path"], 2)
     wait_for(lambda: len(stage_events(simulator, "index", "completed", typed)) == 2,
-             "the hand-typed project's 2 files indexed after the bad record")
+             "the hand-typed project's 2 files indexed after the bad records")
     assert simulator.failed_workers() == {}
+
+    # Each bad request is a failure like any other, so requested = completed + failed adds up and
+    # tree_events_in_flight (their difference) returns to zero instead of counting them for ever.
+    unnamed = Project(incomplete["correlation_id"], "", "", 0)
+    (failed,) = stage_events(simulator, "discover", "failed", unnamed)
+    assert failed["payload"]["error_type"] == INVALID_EVENT
+    assert "project_path" in failed["payload"]["error_message"]
+    assert [x["error_type"] for x in stage_events(simulator, "discover", "dlq", unnamed)] == [INVALID_EVENT]
+
+    def discover_balance() -> tuple[int, int]:
+        kafka = simulator.config.kafka
+        return (records_written(kafka, discover.request_topic),
+                records_written(kafka, discover.completed_topic) + records_written(kafka, discover.failed_topic))
+
+    wait_for(lambda: len(set(discover_balance())) == 1,
+             "every discovery request completed or failed (requested, completed + failed)")
 
 
 def test_health_endpoints_answer_with_the_status_set(simulator: Simulator) -> None:
@@ -294,12 +330,43 @@ def test_health_endpoints_serve_the_urls_path_and_refuse_a_taken_port() -> None:
 
 def test_stopping_leaves_no_thread_behind(kafka) -> None:
     before = set(threading.enumerate())
+    native_before = native_threads()
     with Simulator(unique_config(kafka.bootstrap_servers)) as sim:
         sim.wait_assigned(timeout=60)
         started = [t.name for t in set(threading.enumerate()) - before]
         assert sum(name.startswith("simulator-") for name in started) == 3 + 4
+        # Three consumers and four producers, each with its librdkafka threads.
+        native_running = native_threads()
+        assert native_running > native_before + len(started)
     leftover = [t.name for t in set(threading.enumerate()) - before if t.is_alive()]
     assert leftover == []
+    # The Kafka clients are closed by stop(), not left to the garbage collector.
+    assert native_threads() <= native_before, (native_before, native_running, native_threads())
+
+
+def test_a_worker_that_will_not_stop_in_time_says_so_and_closes_its_clients_once_free(kafka) -> None:
+    config = unique_config(kafka.bootstrap_servers)
+    index = config.stage("index")
+    busy = threading.Event()
+    release = threading.Event()
+
+    def behaviour() -> StageBehaviour:
+        # The loop asks for the stage's behaviour every round: hold it there, as a slow call would.
+        busy.set()
+        release.wait(60)
+        return StageBehaviour()
+
+    worker = StageWorker(config.kafka, Index(index), behaviour)
+    worker.start()
+    try:
+        assert busy.wait(30), "the worker's loop never ran"
+        with pytest.raises(WorkerStuck, match=r"simulated index service did not stop within 0\.5s: still "):
+            worker.stop(timeout=0.5)
+        assert worker.alive
+    finally:
+        release.set()
+    wait_for(lambda: not worker.alive, "the worker's thread to close its clients and end", timeout=60)
+    assert worker.error is None
 
 
 # -- the command -----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from confluent_kafka import ConsumerGroupState, ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from pipeline.config import Config
@@ -22,19 +22,13 @@ from pipeline.kafka import (
     admin_client,
     fetch_committed_offsets,
     fetch_watermarks,
+    group_state_name,
+    lag,
     result_of,
     topic_partitions,
 )
 from tools import ToolError
 
-STATE_NAMES = {
-    ConsumerGroupState.UNKNOWN: "Unknown",
-    ConsumerGroupState.PREPARING_REBALANCING: "PreparingRebalance",
-    ConsumerGroupState.COMPLETING_REBALANCING: "CompletingRebalance",
-    ConsumerGroupState.STABLE: "Stable",
-    ConsumerGroupState.DEAD: "Dead",
-    ConsumerGroupState.EMPTY: "Empty",
-}
 # States in which no consumer can commit over a reset (as kafka-consumer-groups.sh requires).
 RESETTABLE_STATES = ("Empty", "Dead")
 _RETRY_BACKOFF_SECONDS = 0.2
@@ -65,10 +59,11 @@ class PartitionPosition:
 
     @property
     def lag(self) -> int | None:
-        """High watermark − committed offset, never negative; None when either is unknown."""
-        if self.committed is None or self.high_watermark is None:
+        """Records still to consume, as the exporter counts them (from the log start when retention
+        removed the committed offset's records); None when an offset is unknown."""
+        if self.committed is None or self.high_watermark is None or self.log_start is None:
             return None
-        return max(0, self.high_watermark - self.committed)
+        return lag(self.committed, self.log_start, self.high_watermark)
 
 
 @dataclass(frozen=True)
@@ -107,7 +102,7 @@ def group_state(admin: AdminClient, group: str, request_timeout: float) -> tuple
         Member(m.member_id, m.client_id, m.host,
                tuple((tp.topic, tp.partition) for tp in (m.assignment.topic_partitions if m.assignment else ())))
         for m in description.members)
-    return STATE_NAMES.get(description.state, "Unknown"), members
+    return group_state_name(description.state), members
 
 
 def describe_group(config: Config, group: str) -> GroupDescription:

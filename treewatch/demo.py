@@ -2,15 +2,19 @@
 
 A Kafka broker from the pinned jars, the simulated pipeline on it (real topics, consumer groups
 and health endpoints), the exporter watching both, and, when installed, Prometheus loading the
-generated alert rules plus Alertmanager. A scripted scenario gives every panel something to
-show: projects flowing through, failures landing in the DLQs, a stage pausing so its lag grows,
-a service degrading. A short summary read from the exporter's own snapshot is printed every
-few seconds until Ctrl-C (or ``--duration``), then everything stops in reverse order.
+generated alert rules plus Alertmanager with the generated routing and Slack template, posting to
+a local stand-in for Slack that prints each message on-call would get. A scripted scenario gives
+every panel something to show: projects flowing through, failures landing in the DLQs, a stage
+pausing so its lag grows, a service degrading. A short summary read from the exporter's own
+snapshot is printed whenever it changes until Ctrl-C (or ``--duration``), then everything stops
+in reverse order.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import shutil
 import signal
 import socket
@@ -20,12 +24,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpx
 import yaml
 
+from alerts import generate as alerts_generate
+from alerts.config import CONFIG as MONITORING
 from devkafka import KafkaCluster, free_port
+from devkafka.processes import ProcessStartError, running_process
 from exporter.app import Exporter, build_exporter
 from exporter.snapshot import Snapshot
 from pipeline.config import DEFAULT_SERVICES, Config, load_config
@@ -41,6 +48,15 @@ DEFAULT_PORTS = {"exporter": 9847, "prometheus": 9090, "alertmanager": 9093}
 # The scrape and refresh intervals are short so the demo moves while one watches.
 REFRESH_SECONDS = 2.0
 SCRAPE_SECONDS = 5
+# Alertmanager waits this long before a new group's first message and between updates to it
+# (production: alerts.config); shorter so a message arrives while one watches.
+DEMO_GROUP_WAIT = "10s"
+DEMO_GROUP_INTERVAL = "1m"
+SLACK_PATH = "/slack"
+# When the first Slack message (DLQOverflow) arrives, as measured (137 s): the DLQ rules are
+# evaluated every 30 s, hold for `for: 1m`, then Alertmanager waits DEMO_GROUP_WAIT.
+FIRST_SLACK_MESSAGE_AFTER = "2 to 3 minutes"
+HEARTBEAT_PATH = "/heartbeat"
 
 
 class DemoError(RuntimeError):
@@ -100,24 +116,47 @@ def run_demo(options: DemoOptions, out: Callable[[str], None]) -> int:
                                 f"{error.strerror}") from error
             stack.callback(exporter.stop)
 
-            urls = {"exporter metrics": f"{exporter.url}/metrics",
-                    "exporter landing page": f"{exporter.url}/"}
+            where: list[tuple[str, str, str]] = [
+                ("exporter", f"{exporter.url}/metrics", "what Prometheus scrapes; a landing page at "
+                                                        f"{exporter.url}/"),
+            ]
+            sink: SlackSink | None = None
             if PROMETHEUS.exists() and ALERTMANAGER.exists():
-                alertmanager_url = stack.enter_context(_alertmanager(workdir, options.free_ports, out))
-                urls["prometheus"] = stack.enter_context(
-                    _prometheus(workdir, exporter, alertmanager_url, options.free_ports, out))
-                urls["alertmanager"] = alertmanager_url
+                try:
+                    sink = stack.enter_context(SlackSink(out))
+                    alertmanager_url = stack.enter_context(
+                        _alertmanager(workdir, sink, options.free_ports, out))
+                    prometheus_url = stack.enter_context(
+                        _prometheus(workdir, exporter, alertmanager_url, options.free_ports, out))
+                except ProcessStartError as error:
+                    raise DemoError(str(error)) from error
+                where += [
+                    ("prometheus", f"{prometheus_url}/alerts", "the generated alert rules: inactive, pending, "
+                                                               "firing"),
+                    ("alertmanager", alertmanager_url, "firing alerts after routing and inhibition; silences"),
+                ]
             else:
                 out(f"({PROMETHEUS} or {ALERTMANAGER} not installed: running without them; "
                     "`make setup` installs them)")
-            for service in config.services:
-                urls[f"service {service.name}"] = service.url
-            width = max(map(len, urls))
-            for name, url in urls.items():
-                out(f"  {name:<{width}}  {url}")
+            where += [(service.name, service.url, "the simulated service's health")
+                      for service in config.services]
+            out("")
+            out("where to look:")
+            width = max(len(name) for name, _, _ in where)
+            url_width = max(len(url) for _, url, _ in where)
+            for name, url, what in where:
+                out(f"  {name:<{width}}  {url:<{url_width}}  {what}")
+            out(f"  the operator tools, from another terminal: treewatch status --config {config.source}")
+            out("  (and trace, dlq, groups with the same --config; trace takes a correlation_id printed below)")
+            out("  Grafana's dashboards are not part of the demo: `docker compose up -d` runs the full stack.")
+            out("")
 
             _run_scenario(sim, exporter, config, options, stop, out)
             out("stopping ...")
+            if sink is not None:
+                out(f"{sink.slack_messages} Slack message(s) would have been posted"
+                    + ("" if sink.slack_messages else
+                       f"; the first one comes {FIRST_SLACK_MESSAGE_AFTER} in"))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         for signum, handler in previous.items():
@@ -132,7 +171,15 @@ def _run_scenario(sim: Simulator, exporter: Exporter, config: Config, options: D
     steps = list(SCENARIO)
     next_project = started
     next_summary = started + options.summary_interval_seconds
-    out("running" + (f" for {options.duration_seconds:g}s" if options.duration_seconds else "; Ctrl-C stops"))
+    last_summary: list[str] = []
+    until = f"for {options.duration_seconds:g}s" if options.duration_seconds else "until Ctrl-C"
+    out(f"running the scenario {until}. A new project every {options.project_interval_seconds:g}s, "
+        f"{options.stamp_error_rate:.0%} of stamping fails into its DLQ.")
+    out(f"Every {options.summary_interval_seconds:g}s, when something changed, what the exporter reports:")
+    out("  lag: records each consumer group is behind; dlq: dead letters per stage;")
+    out("  events: completed/failed per stage; health: each service's /health status; - : no data yet.")
+    out("An alert fires once its condition has held for its `for` (a minute for the DLQ alerts): expect the "
+        f"first Slack message {FIRST_SLACK_MESSAGE_AFTER} in.")
     while not stop.is_set():
         now = time.monotonic()
         elapsed = now - started
@@ -140,18 +187,21 @@ def _run_scenario(sim: Simulator, exporter: Exporter, config: Config, options: D
             break
         if now >= next_project:
             project = sim.publish_project(options.files_per_project)
-            out(f"[{elapsed:5.0f}s] published project {project.project_name}: {project.files} files, "
+            out(f"[{elapsed:4.0f}s] published project {project.project_name}: {project.files} files, "
                 f"correlation_id {project.correlation_id}")
             next_project = now + options.project_interval_seconds
         while steps and elapsed >= steps[0].at_seconds:
             step = steps.pop(0)
             step.does(sim)
-            out(f"[{elapsed:5.0f}s] {step.says}")
+            out(f"[{elapsed:4.0f}s] {step.says}")
         if now >= next_summary:
-            first, *rest = summary(exporter.refresher.current, config)
-            out(f"[{elapsed:5.0f}s] {first}")
-            for line in rest:
-                out(f"{'':9}{line}")
+            lines = summary(exporter.refresher.current, config)
+            if lines != last_summary:  # the same numbers again would only bury what changed
+                first, *rest = lines
+                out(f"[{elapsed:4.0f}s] {first}")
+                for line in rest:
+                    out(f"{'':8}{line}")
+                last_summary = lines
             next_summary = now + options.summary_interval_seconds
         dead = sim.failed_workers()
         if dead:
@@ -219,24 +269,95 @@ def _write_config(workdir: Path, bootstrap_servers: str, free_ports: bool) -> Co
     return load_config(path, environ={})
 
 
-# -- Prometheus and Alertmanager ------------------------------------------------------------------
+# -- Prometheus, Alertmanager and the stand-in for Slack ------------------------------------------
+
+class SlackSink:
+    """Slack's (and the heartbeat service's) stand-in on loopback: Alertmanager posts the messages
+    on-call would get here, and each one is printed as the Slack post it would have been."""
+
+    def __init__(self, out: Callable[[str], None]) -> None:
+        self.out = out
+        self.slack_messages = 0
+        self.heartbeats = 0
+        self._lock = threading.Lock()
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"ok")
+                sink._received(self.path, body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass  # every post is reported by _received instead
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="demo-slack-sink", daemon=True)
+
+    def url(self, path: str) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}{path}"
+
+    def _received(self, path: str, body: bytes) -> None:
+        try:
+            message = json.loads(body)
+        except ValueError:
+            self.out(f"slack: unreadable post to {path} ({len(body)} bytes)")
+            return
+        if path == HEARTBEAT_PATH:
+            with self._lock:
+                self.heartbeats += 1
+                first = self.heartbeats == 1
+            if first:  # it repeats every minute; once shows the path works
+                self.out("heartbeat: the Watchdog alert reached its receiver, so Prometheus → Alertmanager "
+                         "works (the repeats are not shown)")
+            return
+        with self._lock:
+            self.slack_messages += 1
+        attachment = (message.get("attachments") or [{}])[0]
+        self.out(f"slack: would post to {message.get('channel', '?')}: {attachment.get('title', '?')}")
+        for line in str(attachment.get("text", "")).strip().splitlines():
+            self.out(f"{'':7}{line}")
+        # The one button that leads somewhere local; Runbook and Dashboard point at the real sites.
+        silence = next((a.get("url") for a in attachment.get("actions", []) if a.get("text") == "Silence"), None)
+        if silence:
+            self.out(f"{'':7}its Silence button: {silence}")
+
+    def __enter__(self) -> SlackSink:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
+
 
 @contextlib.contextmanager
-def _alertmanager(workdir: Path, free_ports: bool, out: Callable[[str], None]) -> Iterator[str]:
+def _alertmanager(workdir: Path, sink: SlackSink, free_ports: bool, out: Callable[[str], None]) -> Iterator[str]:
+    """Alertmanager with the generated routing, inhibitions and Slack template; only where it
+    posts (the local sink, for Slack and for the Watchdog heartbeat a deployment may set) and how
+    long it groups (so the demo moves) differ from the committed alerts/generated/alertmanager.yml."""
     port = _port(DEFAULT_PORTS["alertmanager"], free_ports)
-    # The generated configuration sends to Slack; the demo has no Slack, so alerts are only shown.
-    config = workdir / "alertmanager.yml"
-    config.write_text(yaml.safe_dump({
-        "route": {"receiver": "demo", "group_by": ["alertname", "stage"], "group_wait": "10s"},
-        "receivers": [{"name": "demo"}],
-    }))
-    (workdir / "alertmanager").mkdir()
     url = f"http://127.0.0.1:{port}"
-    with _process("alertmanager", [
-        str(ALERTMANAGER), f"--config.file={config}", f"--storage.path={workdir / 'alertmanager'}",
-        f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=",
-    ], workdir, f"{url}/-/ready"):
-        out("alertmanager ready (demo receiver: alerts are listed in its UI, not sent to Slack)")
+    folder = workdir / "alertmanager"
+    secret = workdir / "slack-api-url"
+    secret.write_text(sink.url(SLACK_PATH) + "\n")
+    config = dataclasses.replace(MONITORING, slack_api_url_file=str(secret),
+                                 heartbeat_url=sink.url(HEARTBEAT_PATH),
+                                 group_wait=DEMO_GROUP_WAIT, group_interval=DEMO_GROUP_INTERVAL)
+    alerts_generate.write(folder, config)
+    with running_process("alertmanager", [
+        str(ALERTMANAGER), f"--config.file={folder / alerts_generate.ALERTMANAGER_FILE}",
+        f"--storage.path={folder / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
+        # The Slack messages' Silence button links here.
+        f"--web.external-url={url}", "--cluster.listen-address=",
+    ], f"{url}/-/ready", workdir / "alertmanager.log"):
+        out(f"alertmanager ready: the generated routing and Slack template; messages for "
+            f"{MONITORING.slack_oncall_channel} and {MONITORING.slack_alerts_channel} "
+            f"are printed below as `slack: would post to ...`")
         yield url
 
 
@@ -261,14 +382,18 @@ def _prometheus(workdir: Path, exporter: Exporter, alertmanager_url: str, free_p
         "scrape_configs": [{"job_name": "treewatch",
                             "static_configs": [{"targets": [_host_port(exporter.url)]}]}],
     }, sort_keys=False))
-    (workdir / "prometheus").mkdir()
     url = f"http://127.0.0.1:{port}"
-    with _process("prometheus", [
+    with running_process("prometheus", [
         str(PROMETHEUS), f"--config.file={config}", f"--storage.tsdb.path={workdir / 'prometheus'}",
         f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=1d",
-    ], workdir, f"{url}/-/ready"):
-        loaded = f"{len(rule_files)} rule file" + ("" if len(rule_files) == 1 else "s")
-        out(f"prometheus ready (scraping the exporter every {SCRAPE_SECONDS}s, {loaded})")
+        # The alerts' source links (a Slack message's Query button) point here.
+        f"--web.external-url={url}",
+    ], f"{url}/-/ready", workdir / "prometheus.log"):
+        if rule_files:
+            out(f"prometheus ready: scraping the exporter every {SCRAPE_SECONDS}s and evaluating the "
+                f"generated alert rules ({RULES_FILE.relative_to(REPO)})")
+        else:
+            out(f"prometheus ready: scraping the exporter every {SCRAPE_SECONDS}s, no alert rules loaded")
         yield url
 
 
@@ -282,41 +407,5 @@ def _rules_valid(out: Callable[[str], None]) -> bool:
     return result.returncode == 0
 
 
-@contextlib.contextmanager
-def _process(name: str, command: list[str], workdir: Path, ready_url: str,
-             timeout: float = 60.0) -> Iterator[subprocess.Popen]:
-    """Run ``command`` until the block ends; wait until ``ready_url`` answers 200 first."""
-    log_path = workdir / f"{name}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                raise DemoError(f"{name} exited with {process.returncode}:\n{_tail(log_path)}")
-            try:
-                if httpx.get(ready_url, timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise DemoError(f"{name} not ready at {ready_url} within {timeout}s:\n{_tail(log_path)}")
-            time.sleep(0.2)
-        yield process
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
-
-
 def _host_port(url: str) -> str:
     return url.split("//", 1)[1].rstrip("/")
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
