@@ -111,23 +111,27 @@ class StageLogic(ABC):
     def succeed(self, payload: dict[str, Any]) -> list[Record]:
         """The records the stage writes when the request succeeds."""
 
-    def process(self, value: bytes | None, behaviour: StageBehaviour, rng: random.Random) -> Outcome:
+    def process(self, value: bytes | None, behaviour: StageBehaviour, rng: random.Random,
+                key: str | None = None) -> Outcome:
+        """What the stage writes for one request; ``key`` is the request's record key, which its
+        dead letter keeps (as Kafka Connect's and Spring's dead letter queues do), so a replay lands
+        on the partition the request was on."""
         try:
             payload, record = request_payload(value, self.required)
             failure = self._failure(payload, behaviour, rng)
             if failure is None:
                 return Outcome("completed", tuple(self.succeed(payload)))
         except InvalidRequest as error:
-            return self._invalid(value, error)
+            return self._invalid(value, error, key)
         error_type, message = failure
         failed = _event(f"{self.event_name}.failed",
                         {**_identity(payload), "error_type": error_type, "error_message": message})
         letter = dead_letter(self.stage.request_topic, record, error_type, message)
-        key = payload["correlation_id"]
-        return Outcome("failed", (Record(self.stage.failed_topic, key, failed),
-                                  Record(self.stage.dlq_topic, key, letter)))
+        correlation = payload["correlation_id"]
+        return Outcome("failed", (Record(self.stage.failed_topic, correlation, failed),
+                                  Record(self.stage.dlq_topic, key or correlation, letter)))
 
-    def _invalid(self, value: bytes | None, error: InvalidRequest) -> Outcome:
+    def _invalid(self, value: bytes | None, error: InvalidRequest, request_key: str | None) -> Outcome:
         """A failed event as for any failure, so requested = completed + failed still adds up
         (tree_events_in_flight would otherwise grow by one per bad request, for ever), and
         the raw request in a dead letter for whoever repairs it."""
@@ -142,7 +146,7 @@ class StageLogic(ABC):
                         {"correlation_id": key, "error_type": INVALID_EVENT, "error_message": message})
         letter = dead_letter(self.stage.request_topic, original, INVALID_EVENT, message)
         return Outcome("invalid", (Record(self.stage.failed_topic, key, failed),
-                                   Record(self.stage.dlq_topic, key, letter)))
+                                   Record(self.stage.dlq_topic, request_key or key, letter)))
 
     @staticmethod
     def _failure(payload: dict[str, Any], behaviour: StageBehaviour,

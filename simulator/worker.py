@@ -198,7 +198,9 @@ class StageWorker:
             if behaviour.delay_seconds and self._stop.wait(behaviour.delay_seconds):
                 self._rewind(batch)  # stopping mid-batch: nothing of it is committed
                 return
-            outcome = self.logic.process(message.value(), behaviour, self._rng)
+            key = message.key()
+            outcome = self.logic.process(message.value(), behaviour, self._rng,
+                                         key.decode("utf-8", errors="replace") if key is not None else None)
             outcomes.append(outcome)
             for record in outcome.records:
                 self._produce(record.topic, record.key, record.value)

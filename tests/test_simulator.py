@@ -22,7 +22,7 @@ from confluent_kafka import OFFSET_BEGINNING, ConsumerGroupTopicPartitions, Kafk
 
 from devkafka import free_port
 from pipeline.config import DEFAULT_SERVICES, DEFAULT_STAGES, Config, KafkaSettings, load_config, parse_config
-from pipeline.kafka import admin_client, reader
+from pipeline.kafka import admin_client, read_records, reader
 from simulator import (
     ERROR_TYPES,
     INVALID_EVENT,
@@ -93,6 +93,19 @@ def read_topics(settings: KafkaSettings, topics: list[str], timeout: float = 30.
 
 def read_topic(settings: KafkaSettings, topic: str) -> list[Any]:
     return read_topics(settings, [topic])[topic]
+
+
+def dead_letter_keys(settings: KafkaSettings, topic: str, project: Project) -> set[str]:
+    """The record keys of the project's dead letters in ``topic``."""
+    consumer = reader(settings)
+    try:
+        ends = {(topic, p): consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions}
+        messages = read_records(consumer, dict.fromkeys(ends, 0), ends, deadline=time.monotonic() + 30)
+    finally:
+        consumer.close()
+    return {m.key().decode() for m in messages
+            if of_project([json.loads(m.value())], project) and m.key() is not None}
 
 
 def of_project(events: list[Any], project: Project) -> list[dict]:
@@ -188,6 +201,8 @@ def test_a_project_flows_through_all_three_stages_and_failures_land_in_the_dlq(s
         assert letter["error_message"]
     not_found = next(x for x in letters if x["error_type"] == "FILE_NOT_FOUND")
     assert project.file_paths[2] in not_found["error_message"]
+    # A dead letter keeps its request's key (the file path), so a replay lands on the same partition.
+    assert dead_letter_keys(simulator.config.kafka, stamp.dlq_topic, project) == set(failing)
 
     # Every event on every pipeline topic names its correlation id where the guide's jq looks.
     topics = [s.topics[role] for s in simulator.config.stages for role in ("request", "completed", "failed")]

@@ -313,6 +313,7 @@ def _commit_batch(txn_producer: Producer, consumer: Consumer, stage: Stage, deci
                 continue
             record = decision.record
             origin = f"{record.topic()}/{record.partition()}/{record.offset()}"
+            # A dead letter keeps its request's key, so the replay lands where the request was.
             txn_producer.produce(decision.letter.original_topic, value=_encode(decision.letter.original_payload),
                                  key=record.key(), headers=[(REPLAYED_FROM_HEADER, origin.encode())])
             txn_producer.poll(0)
