@@ -27,6 +27,7 @@ GROUP_BY = ("alertname", "stage", "service")
 # watch the same cluster, so they carry only the job.
 KAFKA_CONSEQUENCES_PER_EXPORTER = (
     "HighConsumerLag", "ConsumerLagTooOld", "ConsumerGroupStalled", "ConsumerGroupNoMembers",
+    "KafkaConsumerGroupsPartiallyRead",
 )
 KAFKA_CONSEQUENCES_PER_STAGE = ("LowThroughput", "StageSLIMissing")
 KAFKA_BACKED_COLLECTORS = "kafka_.*|pipeline|dlq"

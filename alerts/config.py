@@ -60,6 +60,14 @@ class MonitoringConfig:
     consumer_lag_max_age_seconds: int = 900
     # ConsumerGroupStalled: a partition with lag whose committed offset has not moved for this long.
     consumer_stalled_seconds: int = 600
+    # KafkaConsumerGroupsPartiallyRead: consumer-group reads (listing, describe, committed offsets)
+    # that failed in the exporter's last refresh while others succeeded; above this the lag of some
+    # groups may be missing or partial. 0: any failed read counts.
+    consumer_group_read_errors: int = 0
+    # ...for this long: a coordinator moving (broker restart, rebalance) fails a refresh or two and
+    # heals itself within a few minutes; a failure that persists is an ACL, a dead coordinator or
+    # a broken group.
+    consumer_group_read_errors_for: str = "10m"
 
     # -- windows --------------------------------------------------------------------------------
     # DLQOverflow (guide) and DLQNewRecords count the dead letters written in this window.

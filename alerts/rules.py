@@ -344,6 +344,18 @@ def consumer_group_alerts(config: MonitoringConfig) -> RuleGroup:
             f" (threshold {config.consumer_lag_max_age_seconds}s).",
             GROUPS_DLQ_DASHBOARD_UID,
         ),
+        Alert(
+            "KafkaConsumerGroupsPartiallyRead",
+            # The exporter sets this only when the kafka_groups collector as a whole succeeded; a
+            # collector that fails outright is TreewatchCollectorFailing's (or KafkaUnavailable's).
+            f"kafka_consumer_group_read_errors{{{job}}} > {config.consumer_group_read_errors}",
+            config.consumer_group_read_errors_for, "warning",
+            "The exporter reads some consumer groups only partly",
+            "The treewatch exporter at {{ $labels.instance }} failed {{ $value | humanize }} consumer-group"
+            " read(s) (listing, describe or committed offsets) in its last refresh: some groups' lag,"
+            " state or members may be missing, and their alerts blind. Its log names the step and error.",
+            OVERVIEW_DASHBOARD_UID,
+        ),
     ))
 
 

@@ -29,6 +29,13 @@ ALL_VALUE = ".*"
 # The window DLQOverflow counts new dead letters in.
 DLQ_OVERFLOW_WINDOW = CONFIG.dlq_window
 
+# What tree_dlq_records_total counts, for the descriptions of the panels that rate() it: an exporter
+# restart neither replays the retained records as new nor, while it was down, counts what arrived.
+DLQ_RECORDS_SINCE_FIRST_SEEN = (
+    "dead letters written since the exporter first saw the queue (records already retained then, or "
+    "written while no exporter ran, are not counted as new)."
+)
+
 GREEN, ORANGE, RED = "green", "orange", "red"
 
 GRID_WIDTH = 24

@@ -104,6 +104,15 @@ def dead_letters(layout: c.Layout) -> None:
         "DLQ depth", "Records retained in each selected stage's dead letter queue.",
         [c.target(c.sel("tree_dlq_retained_records", STAGE), "{{stage}} ({{topic}})")], unit="short",
         links=c.runbooks("DLQNewRecords")), w=8)
+    retained = c.sel("tree_dlq_retained_records_by_error_type", STAGE)
+    layout.add(c.timeseries(
+        "DLQ retained by error type",
+        "What each selected stage's dead letter queue holds now, by error_type, whenever it was written "
+        "(also before the exporter started): the guide's 'group by error type' of the records waiting to "
+        "be handled. Falls when retention or delete_records removes records; no line until the exporter "
+        "has read what the queue held when it started.",
+        [c.target(f"sum by (stage, error_type) ({c.one_replica(retained)})", "{{stage}} {{error_type}}")],
+        unit="short", stacked=True, links=c.runbooks("DLQRecordsUnhandled", "DLQOverflow")), w=8)
     oldest = c.sel("tree_dlq_oldest_record_timestamp_seconds", STAGE)
     layout.add(c.timeseries(
         "Oldest DLQ record age",
@@ -121,27 +130,28 @@ def dead_letters(layout: c.Layout) -> None:
         thresholds=c.above(CONFIG.dlq_overflow_records_5m), links=c.runbooks("DLQOverflow")), w=8)
     records = c.sel("tree_dlq_records_total", STAGE)
     layout.add(c.timeseries(
-        "Error types over time", "Dead letters per second by stage and error_type.",
+        "Error types over time",
+        f"New dead letters per second by stage and error_type: {c.DLQ_RECORDS_SINCE_FIRST_SEEN}",
         [c.target(f"sum by (stage, error_type) ({c.one_replica(f'rate({records}[$__rate_interval])')})",
                   "{{stage}} {{error_type}}")],
         unit="cps", stacked=True, bars=True, links=c.runbooks("DLQNewRecords")), w=16)
     layout.add(c.table(
-        "Error types in the selected range",
-        "Dead letters per stage and error_type over the whole selected time range, most frequent first: "
-        "the guide's 'group by error type'.",
+        "New dead letters by error type in the selected range",
+        "Dead letters written per stage and error_type during the selected time range, most frequent "
+        f"first: {c.DLQ_RECORDS_SINCE_FIRST_SEEN} What the queue holds now is 'DLQ retained by error type'.",
         [c.target(f"sum by (stage, error_type) ({c.one_replica(f'increase({records}[$__range])')})",
                   instant=True, table=True)],
         unit="short", sort_by="Value", links=c.runbooks("DLQNewRecords")), w=8)
     layout.add(c.timeseries(
         "Events in flight", "Requests of each selected stage not yet completed or failed.",
-        [c.target(c.sel("tree_events_in_flight", STAGE), "{{stage}}")], unit="short"), w=12)
+        [c.target(c.sel("tree_events_in_flight", STAGE), "{{stage}}")], unit="short"), w=8)
     failed = c.sel("tree_events_processed_total", f'status="failed", {STAGE}')
     layout.add(c.timeseries(
         "Failed per second",
         "Events per second read from each selected stage's failed topic; the ones no retry saves end up "
         "in the dead letter queue.",
-        [c.target(f"sum by (stage) ({c.one_replica(f'rate({failed}[$__rate_interval])')})", "{{stage}}")], unit="reqps",
-        links=c.runbooks("HighErrorRate")), w=12)
+        [c.target(f"sum by (stage) ({c.one_replica(f'rate({failed}[$__rate_interval])')})", "{{stage}}")],
+        unit="reqps", links=c.runbooks("HighErrorRate")), w=8)
 
 
 def build() -> g.Dashboard:
@@ -153,7 +163,7 @@ def build() -> g.Dashboard:
         uid=c.GROUPS_DLQ_UID,
         title="Tree Stamping: Consumer groups and DLQ",
         description="Drill-down per consumer group, topic and stage: lag per partition, commit progress, "
-        "stalled partitions, group state and members, DLQ depth, age and error types.",
+        "stalled partitions, group state and members, DLQ depth, age, retained and new error types.",
         layout=layout,
         variables=[
             c.query_variable("stage", "Stage", "tree_events_in_flight"),

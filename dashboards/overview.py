@@ -195,8 +195,9 @@ def dead_letters(layout: c.Layout) -> None:
     records = c.sel("tree_dlq_records_total")
     layout.add(c.timeseries(
         "New DLQ records by error type",
-        "Dead letters per second by stage and error_type (FILE_NOT_FOUND, INTELLIGENCE_SERVICE_ERROR, "
-        "ENCODING_ERROR...; 'unparseable' when a record is not a JSON object).",
+        "New dead letters per second by stage and error_type (FILE_NOT_FOUND, INTELLIGENCE_SERVICE_ERROR, "
+        f"ENCODING_ERROR...; 'unparseable' when a record is not a JSON object): {c.DLQ_RECORDS_SINCE_FIRST_SEEN} "
+        "What each queue holds now, by error type, is on 'Tree Stamping: Consumer groups and DLQ'.",
         [c.target(f"sum by (stage, error_type) ({c.one_replica(f'rate({records}[$__rate_interval])')})",
                   "{{stage}} {{error_type}}")],
         unit="cps", stacked=True, bars=True, links=c.runbooks("DLQNewRecords")), w=8)
@@ -226,13 +227,23 @@ def exporter_health(layout: c.Layout) -> None:
         "Failed collector runs in range", "Collector runs that failed during the selected time range.",
         [c.target(f"sum by (collector) (increase({errors}[$__range]))", "{{collector}}", instant=True)],
         unit="short",
-        thresholds=c.above(1, ORANGE), links=failing), w=8)
+        thresholds=c.above(1, ORANGE), links=failing), w=6)
     layout.add(c.stat(
         "Series dropped by max_series",
         "Series each collector left out of its last run because of the max_series cap; raise the cap or "
         "narrow the topic filters.",
         [c.target(c.sel("treewatch_series_dropped"), "{{collector}}")], unit="short",
-        thresholds=c.above(1, ORANGE)), w=8)
+        thresholds=c.above(1, ORANGE)), w=6)
+    # The gauge counts whole reads, so "more than N" is "N + 1 or more" on Grafana's >= steps.
+    partial_reads = c.above(CONFIG.consumer_group_read_errors + 1, ORANGE)
+    layout.add(c.stat(
+        "Partial consumer-group reads",
+        "Consumer-group reads (listing, describe, committed offsets) that failed in each exporter's last "
+        "refresh while the kafka_groups collector still succeeded: some groups' lag may be missing. "
+        f"KafkaConsumerGroupsPartiallyRead fires when it stays above {CONFIG.consumer_group_read_errors} "
+        f"for {CONFIG.consumer_group_read_errors_for}; the exporter's log names the failed step.",
+        [c.target(c.sel("kafka_consumer_group_read_errors"), "{{instance}}")], unit="short",
+        thresholds=partial_reads, links=c.runbooks("KafkaConsumerGroupsPartiallyRead")), w=4)
     layout.add(c.table(
         "Exporter build", "Which treewatch, Python and librdkafka each exporter runs.",
         [c.target(c.sel("treewatch_build_info"), instant=True, table=True)], unit="none",

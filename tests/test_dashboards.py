@@ -235,6 +235,32 @@ def test_low_throughput_line_is_drawn_only_for_the_stages_it_applies_to():
         CONFIG.low_throughput_stages)
 
 
+def _queries_reading(metric: str) -> list[Query]:
+    return [query for query in QUERIES if metric in metric_names(query.expr)]
+
+
+def test_dlq_retained_and_partial_group_reads_are_shown():
+    (retained,) = _queries_reading("tree_dlq_retained_records_by_error_type")
+    assert (retained.dashboard, retained.panel) == ("tree-stamping-groups-dlq.json", "DLQ retained by error type")
+    assert 'stage=~"$stage"' in retained.expr
+    (partial,) = _queries_reading("kafka_consumer_group_read_errors")
+    assert (partial.dashboard, partial.panel) == ("tree-stamping-overview.json", "Partial consumer-group reads")
+    panels = {panel["title"]: panel for dashboard in DASHBOARDS.values() for panel in data_panels(dashboard)}
+    links = {panel: {link["url"] for link in panels[panel]["links"]} for panel in (retained.panel, partial.panel)}
+    assert links[retained.panel] & {CONFIG.runbook_url("DLQRecordsUnhandled"), CONFIG.runbook_url("DLQOverflow")}
+    assert CONFIG.runbook_url("KafkaConsumerGroupsPartiallyRead") in links[partial.panel]
+
+
+def test_panels_of_new_dead_letters_say_what_the_counter_counts():
+    """tree_dlq_records_total counts only what was written since the exporter first saw the queue;
+    a panel that rates it must not pass for the queue's content."""
+    counted = _queries_reading("tree_dlq_records_total")
+    assert counted
+    panels = {panel["title"]: panel for dashboard in DASHBOARDS.values() for panel in data_panels(dashboard)}
+    for query in counted:
+        assert "since the exporter first saw the queue" in panels[query.panel]["description"], query.id
+
+
 def test_runbook_links_point_at_existing_sections():
     runbook = (REPO / "docs" / "runbooks.md").read_text(encoding="utf-8")
     anchors = {runbook_anchor(line.lstrip("#")) for line in runbook.splitlines() if line.startswith("#")}
@@ -266,10 +292,13 @@ HISTORY_SECONDS = 2 * 3600
 SCRAPE_LABELS = {"job": "treewatch", "instance": "treewatch:9847"}
 
 # The incidents the data holds: one service's probe fails, one is degraded, one group is empty and
-# has a stalled partition.
+# has a stalled partition, the exporter read the consumer groups only partly for a while, and the
+# DLQs were purged once (delete_records) halfway.
 FAILING_SERVICE, DEGRADED_SERVICE = "bridge", "metadata-stamping"
 EMPTY_GROUP = PIPELINE.stage("index").group
 STALLED = (EMPTY_GROUP, PIPELINE.stage("index").request_topic, "0")
+PARTIAL_GROUP_READS = range(3000, 3900)  # seconds into the data
+DLQ_PURGED_AT = HISTORY_SECONDS // 2
 
 LabelSet = dict[str, str]
 
@@ -365,6 +394,8 @@ def _gauge(metric: MetricDef, labels: LabelSet, t: float, start: int) -> float:
             return 1 if labels["state"] == state else 0
         case "kafka_consumer_group_members":
             return 0 if labels["group"] == EMPTY_GROUP else 2
+        case "kafka_consumer_group_read_errors":
+            return 2 if t in PARTIAL_GROUP_READS else 0
         case "kafka_topic_partition_current_offset":
             rate = 0.01 if labels["topic"].endswith(".dlq") else 25
             return 10_000 + math.floor(rate * _weight(labels) * t)
@@ -384,6 +415,9 @@ def _gauge(metric: MetricDef, labels: LabelSet, t: float, start: int) -> float:
             return math.floor(500 * _wave(labels, t))
         case "tree_dlq_retained_records":
             return 10 + math.floor(t / 60 * _weight(labels))
+        case "tree_dlq_retained_records_by_error_type":
+            # Grows with new dead letters, drops when the handled ones are deleted.
+            return math.floor(_weight(labels) * (5 + (t % DLQ_PURGED_AT) / 120))
         case "tree_dlq_oldest_record_timestamp_seconds":
             return start - 3600
         case "tree_service_probe_success":
