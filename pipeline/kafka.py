@@ -85,14 +85,17 @@ class ClientErrors:
     _EXPLAINING = (KafkaError._AUTHENTICATION, KafkaError._SSL)
 
     def __init__(self) -> None:
+        # Only a reason that explains a failure is kept: librdkafka follows an authentication
+        # error with "all brokers down", which would otherwise hide it.
         self.latest: KafkaError | None = None
 
     def __call__(self, error: KafkaError) -> None:
-        self.latest = error
+        if error.code() in self._EXPLAINING:
+            self.latest = error
 
     def explain(self, error: KafkaException) -> KafkaException:
         latest = self.latest
-        if latest is None or latest.code() not in self._EXPLAINING:
+        if latest is None:
             return error
         cause = error.args[0].str() if error.args and isinstance(error.args[0], KafkaError) else str(error)
         reason = _VARYING.sub("", latest.str()).strip()

@@ -17,11 +17,11 @@ command -v prometheus >/dev/null || need_apt+=(prometheus)
 command -v amtool >/dev/null || need_apt+=(prometheus-alertmanager)
 command -v prometheus-alertmanager >/dev/null || command -v alertmanager >/dev/null || need_apt+=(prometheus-alertmanager)
 if [ ${#need_apt[@]} -gt 0 ]; then
+  need_apt=($(printf "%s\n" "${need_apt[@]}" | sort -u))
   echo "setup: installing Debian packages: ${need_apt[*]}"
   as_root apt-get update -q
   # The packages' services are not wanted: tests start their own instances on loopback.
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-    $(printf '%s\n' "${need_apt[@]}" | sort -u)
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need_apt[@]}"
   # On a host with systemd the packages start their services on :9090/:9093; treewatch's tests
   # and demo start their own on free ports, so the system ones are stopped and left disabled.
   if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
