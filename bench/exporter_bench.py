@@ -32,7 +32,7 @@ import confluent_kafka
 import httpx
 import yaml
 from confluent_kafka import ConsumerGroupTopicPartitions, Producer, TopicPartition
-from confluent_kafka.admin import NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from devkafka import KafkaCluster, free_port, kafka_version
 from exporter.kafka_source import KafkaSource
@@ -114,13 +114,29 @@ def populate(kafka: KafkaCluster) -> dict[str, float]:
         f"bench-group-{g:03d}",
         [TopicPartition(data_topics[g % TOPICS], p, COMMITTED_AT) for p in range(PARTITIONS_PER_TOPIC)])
         for g in range(GROUPS)]
-    futures = [admin.alter_consumer_group_offsets([request], request_timeout=60) for request in requests]
-    for future_map in futures:
-        for future in future_map.values():
-            future.result(timeout=120)
+    commit_group_offsets(admin, requests)
     return {"partitions": TOPICS * PARTITIONS_PER_TOPIC + len(pipeline_topics) * 3,
             "groups": GROUPS, "committed_partitions": GROUPS * PARTITIONS_PER_TOPIC,
             "load_seconds": time.monotonic() - started}
+
+
+def commit_group_offsets(admin: AdminClient, requests: list[ConsumerGroupTopicPartitions]) -> None:
+    """Commit every request's offsets, asking again for the partitions the broker refused.
+
+    A successful AlterConsumerGroupOffsets can still carry an error per partition (a group
+    coordinator still loading right after the broker started): those offsets were not written."""
+    pending = requests
+    deadline = time.monotonic() + 120
+    while pending:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"offsets of {len(pending)} groups still refused after 120 s")
+        futures = [admin.alter_consumer_group_offsets([request], request_timeout=60) for request in pending]
+        refused = []
+        for request, future_map in zip(pending, futures, strict=True):
+            answer = next(iter(future_map.values())).result(timeout=120)
+            if any(tp.error is not None for tp in answer.topic_partitions):
+                refused.append(request)
+        pending = refused
 
 
 def bench_config(bootstrap: str, listen: str = "127.0.0.1:0") -> Config:

@@ -7,7 +7,7 @@ import logging
 import sys
 
 from pipeline.config import ConfigError, load_config
-from treewatch.tools_cli import add_tool_commands
+from treewatch.tools_cli import add_config_option, add_tool_commands
 
 
 def _exporter(args: argparse.Namespace) -> int:
@@ -93,7 +93,7 @@ def _positive(text: str) -> float:
 def _add_simulator_commands(sub: argparse._SubParsersAction) -> None:
     simulate = sub.add_parser("simulate", help="run a stand-in for the pipeline's services (topics, consumer "
                                                "groups, DLQs, /health endpoints) with synthetic load")
-    simulate.add_argument("--config", help="treewatch.yaml (default: the guide's pipeline on localhost)")
+    add_config_option(simulate)
     simulate.add_argument("--files", type=int, default=100, help="files per synthetic project (0: no load)")
     simulate.add_argument("--project-interval", type=float, default=60.0, metavar="SECONDS",
                           help="publish a new project this often (0: one project at start)")
@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     exporter = sub.add_parser("exporter", help="serve Prometheus metrics for the pipeline")
-    exporter.add_argument("--config", help="treewatch.yaml (default: the guide's pipeline on localhost)")
+    add_config_option(exporter)
     exporter.set_defaults(run=_exporter)
 
     check = sub.add_parser("check-config", help="validate a configuration file and exit")

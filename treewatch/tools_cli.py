@@ -13,16 +13,20 @@ from datetime import UTC, datetime
 from pipeline.config import load_config
 
 
+def add_config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="treewatch.yaml (default: the guide's pipeline on localhost)")
+
+
 def add_tool_commands(sub: argparse._SubParsersAction) -> None:
     status = sub.add_parser("status", help="services' health, the Kafka cluster, lag per stage group and "
                                            "DLQ depth (exit 1 when something is unhealthy)")
-    status.add_argument("--config", help="treewatch.yaml (default: the guide's pipeline on localhost)")
+    add_config_option(status)
     status.add_argument("--json", action="store_true", help="print one JSON document")
     status.set_defaults(run=_guarded(_status))
 
     trace = sub.add_parser("trace", help="every record of one correlation id across all stage topics, in "
                                          "time order")
-    trace.add_argument("--config", help="treewatch.yaml (default: the guide's pipeline on localhost)")
+    add_config_option(trace)
     trace.add_argument("--correlation-id", required=True)
     trace.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
                        help="stop reading after this long (default 120; the result then says incomplete)")
@@ -32,7 +36,7 @@ def add_tool_commands(sub: argparse._SubParsersAction) -> None:
     dlq = sub.add_parser("dlq", help="inspect or replay a stage's dead letter queue")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
     inspect = dlq_sub.add_parser("inspect", help="dead letters by error type, with samples")
-    inspect.add_argument("--config", help="treewatch.yaml (default: the guide's pipeline on localhost)")
+    add_config_option(inspect)
     inspect.add_argument("--stage", required=True)
     inspect.add_argument("--limit", type=_positive_int, help="read at most this many dead letters")
     inspect.add_argument("--json", action="store_true", help="print one JSON document")
@@ -47,7 +51,7 @@ def add_tool_commands(sub: argparse._SubParsersAction) -> None:
                     "ones and malformed ones are marked handled without republishing (and reported); the "
                     "first dead letter that does not match stops that partition, so only a contiguous "
                     "prefix is ever marked handled.")
-    replay.add_argument("--config", help="treewatch.yaml (default: the guide's pipeline on localhost)")
+    add_config_option(replay)
     replay.add_argument("--stage", required=True)
     replay.add_argument("--correlation-id", help="replay only dead letters of this correlation id")
     replay.add_argument("--error-type", help="replay only dead letters of this error type")
@@ -63,14 +67,14 @@ def add_tool_commands(sub: argparse._SubParsersAction) -> None:
     groups = sub.add_parser("groups", help="describe a consumer group or reset its offsets")
     groups_sub = groups.add_subparsers(dest="groups_command", required=True)
     describe = groups_sub.add_parser("describe", help="per partition: committed, high watermark, lag, owner")
-    describe.add_argument("--config", help="treewatch.yaml (default: the guide's pipeline on localhost)")
+    add_config_option(describe)
     describe.add_argument("--group", required=True)
     describe.add_argument("--json", action="store_true", help="print one JSON document")
     describe.set_defaults(run=_guarded(_groups_describe))
 
     reset = groups_sub.add_parser("reset", help="move a group's committed offsets on a topic (dry run unless "
                                                 "--execute)")
-    reset.add_argument("--config", help="treewatch.yaml (default: the guide's pipeline on localhost)")
+    add_config_option(reset)
     reset.add_argument("--group", required=True)
     reset.add_argument("--topic", required=True)
     reset.add_argument("--to", required=True, type=_reset_target, metavar="TARGET",
@@ -89,7 +93,7 @@ def add_tool_commands(sub: argparse._SubParsersAction) -> None:
                     "completed (whether or not the targets were met), 1 when it did not within --timeout. "
                     "Against the simulator --files is how many files discovery reports; the real pipeline "
                     "discovers the files under --project-path.")
-    bench.add_argument("--config", help="treewatch.yaml (default: the guide's pipeline on localhost)")
+    add_config_option(bench)
     bench.add_argument("--files", type=_positive_int, required=True, help="files in the benchmark project")
     bench.add_argument("--project-path", help="project to discover (default: /test/benchmark-<id>)")
     bench.add_argument("--timeout", type=_positive_float, default=600.0, metavar="SECONDS",
@@ -105,7 +109,7 @@ def add_tool_commands(sub: argparse._SubParsersAction) -> None:
                     "indexed or failed (exit 0), or --timeout passes (exit 1). Step 1, clearing the project "
                     "from Qdrant and Memgraph, is NOT done: those stores are outside treewatch; clear them "
                     "first with the guide's commands if the index is corrupted.")
-    reindex.add_argument("--config", help="treewatch.yaml (default: the guide's pipeline on localhost)")
+    add_config_option(reindex)
     reindex.add_argument("--project-path", required=True)
     reindex.add_argument("--project-name", required=True)
     reindex.add_argument("--timeout", type=_positive_float, default=3600.0, metavar="SECONDS",
