@@ -155,20 +155,21 @@ def threshold_override(series_regex: str, thresholds: list[dict]) -> dict:
     }
 
 
+def _basics(title: str, description: str, queries: list[g.Target], links: Sequence[g.DataLink]) -> dict:
+    """What every panel has: a title, a description, its queries on the datasource variable, links."""
+    return {"title": title, "description": description, "dataSource": DATASOURCE, "targets": queries,
+            "maxDataPoints": MAX_DATA_POINTS, "links": list(links)}
+
+
 def timeseries(title: str, description: str, queries: list[g.Target], *, unit: str,
                thresholds: list[dict] | None = None, links: Sequence[g.DataLink] = (),
                stacked: bool = False, bars: bool = False, min_zero: bool = True,
                overrides: Sequence[dict] = ()) -> g.TimeSeries:
     return g.TimeSeries(
-        title=title,
-        description=description,
-        dataSource=DATASOURCE,
-        targets=queries,
-        maxDataPoints=MAX_DATA_POINTS,
+        **_basics(title, description, queries, links),
         unit=unit,
         thresholds=thresholds or steps(GREEN),
         thresholdsStyleMode="line" if thresholds else "off",
-        links=list(links),
         stacking={"mode": "normal", "group": "A"} if stacked else {},
         drawStyle="bars" if bars else "line",
         fillOpacity=60 if bars else 10,
@@ -186,11 +187,7 @@ def stat(title: str, description: str, queries: list[g.Target], *, unit: str,
          links: Sequence[g.DataLink] = (), text_mode: str = "value_and_name",
          no_value: str = "no data") -> g.Stat:
     return g.Stat(
-        title=title,
-        description=description,
-        dataSource=DATASOURCE,
-        targets=queries,
-        maxDataPoints=MAX_DATA_POINTS,
+        **_basics(title, description, queries, links),
         format=unit,
         thresholds=thresholds or steps(GREEN),
         color={"mode": "thresholds"},
@@ -200,20 +197,14 @@ def stat(title: str, description: str, queries: list[g.Target], *, unit: str,
         textMode=text_mode,
         mappings=mappings or [],
         noValue=no_value,
-        links=list(links),
     )
 
 
 def state_timeline(title: str, description: str, queries: list[g.Target], *, mappings: list,
                    links: Sequence[g.DataLink] = ()) -> g.StateTimeline:
     return g.StateTimeline(
-        title=title,
-        description=description,
-        dataSource=DATASOURCE,
-        targets=queries,
-        maxDataPoints=MAX_DATA_POINTS,
+        **_basics(title, description, queries, links),
         mappings=mappings,
-        links=list(links),
         # grafanalib's StateTimeline has no unit field; the state is an enumeration, so "none".
         extraJson={"fieldConfig": {"defaults": {"unit": "none"}}},
     )
@@ -224,17 +215,12 @@ def table(title: str, description: str, queries: list[g.Target], *, unit: str,
           sort_by: str | None = None, links: Sequence[g.DataLink] = ()) -> g.Table:
     transformations = [{"id": "organize", "options": {"excludeByName": dict.fromkeys(hidden_columns, True)}}]
     return g.Table(
-        title=title,
-        description=description,
-        dataSource=DATASOURCE,
-        targets=queries,
-        maxDataPoints=MAX_DATA_POINTS,
+        **_basics(title, description, queries, links),
         unit=unit,
         thresholds=thresholds or steps(GREEN),
         displayMode="color-text" if thresholds else "auto",
         transformations=transformations,
         sortBy=[g.TableSortByField(displayName=sort_by, desc=True)] if sort_by else [],
-        links=list(links),
     )
 
 
