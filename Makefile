@@ -31,4 +31,4 @@ lint: setup
 	$(PYTHON) -m ruff check .
 
 bench: setup
-	$(PYTHON) -m bench.exporter_bench
+	$(PYTHON) -m bench

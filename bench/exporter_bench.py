@@ -1,4 +1,4 @@
-"""The exporter's cost at scale, against a real broker: ``make bench`` (``python -m bench.exporter_bench``).
+"""The exporter's cost at scale, against a real broker (one section of ``make bench``, ``python -m bench``).
 
 Starts a Kafka broker (devkafka), creates TOPICS × PARTITIONS_PER_TOPIC partitions with records,
 GROUPS consumer groups with committed offsets behind the high watermark (so every committed
@@ -10,15 +10,12 @@ partition has lag and a record age to read) and dead letters in each stage's DLQ
 - scrape time and memory: a real ``treewatch exporter`` process, scraped over HTTP; its resident
   memory from /proc after several refreshes.
 
-Results and the machine they were measured on go to docs/benchmarks.md.
+``measure()`` runs it; ``section(results)`` is its part of docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -28,13 +25,12 @@ from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 
-import confluent_kafka
 import httpx
 import yaml
 from confluent_kafka import ConsumerGroupTopicPartitions, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from devkafka import KafkaCluster, free_port, kafka_version
+from devkafka import KafkaCluster, free_port
 from exporter.kafka_source import KafkaSource
 from exporter.refresh import Refresher, default_build_info
 from exporter.render import render
@@ -42,7 +38,6 @@ from pipeline.config import Config, parse_config
 from pipeline.events import dead_letter
 
 ROOT = Path(__file__).resolve().parent.parent
-OUTPUT = ROOT / "docs" / "benchmarks.md"
 
 TOPICS = 200
 PARTITIONS_PER_TOPIC = 10
@@ -56,10 +51,7 @@ EXPORTER_REFRESHES = 3
 ENV = "bench"
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", type=Path, default=OUTPUT)
-    args = parser.parse_args(argv)
+def measure() -> dict[str, float]:
     started = time.monotonic()
     with KafkaCluster(nodes=1, heap="1g") as kafka:
         print(f"broker up at {kafka.bootstrap_servers}; loading data", flush=True)
@@ -67,11 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         config = bench_config(kafka.bootstrap_servers)
         refresh = measure_refreshes(config)
         served = measure_exporter_process(config)
-    results = {**load, **refresh, **served, "total_seconds": time.monotonic() - started}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(report(results, machine()))
-    print(json.dumps(results, indent=2))
-    print(f"wrote {args.output}")
+    return {**load, **refresh, **served, "total_seconds": time.monotonic() - started}
 
 
 # -- the data --------------------------------------------------------------------------------------
@@ -242,32 +230,7 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
 
 # -- the report --------------------------------------------------------------------------------
 
-def machine() -> dict[str, str]:
-    cpu = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    mem_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                   if line.startswith("MemTotal"))
-    return {
-        "CPUs (nproc)": str(os.cpu_count()),
-        "CPU model": cpu,
-        "RAM": f"{mem_kib / 1024 / 1024:.1f} GiB",
-        "Python": platform.python_version(),
-        "confluent-kafka / librdkafka": f"{_version(confluent_kafka.version())} / "
-                                        f"{_version(confluent_kafka.libversion())}",
-        "Kafka broker": f"Apache Kafka {kafka_version()} (KRaft, 1 node, devkafka)",
-        "load average at the end (1/5/15 min)": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-    }
-
-
-def _version(answer: str | tuple[str, int]) -> str:
-    # confluent_kafka.version() has answered a string or a (string, number) pair across releases
-    return answer[0] if isinstance(answer, tuple) else answer
-
-
-def report(results: dict[str, float], host: dict[str, str]) -> str:
+def section(results: dict[str, float]) -> str:
     def ms(key: str) -> str:
         return f"{results[key] * 1000:.0f} ms"
 
@@ -290,10 +253,6 @@ def report(results: dict[str, float], host: dict[str, str]) -> str:
         ("exporter peak resident memory", f"{results['exporter_peak_rss_mib']:.0f} MiB"),
     ]
     lines = [
-        "<!-- written by `make bench` (python -m bench.exporter_bench); re-run it to update, do not edit -->",
-        "",
-        "# Benchmarks",
-        "",
         "## Exporter against Kafka",
         "",
         "`make bench` starts a real single-node Kafka, loads it, and measures the exporter's Kafka side. The",
@@ -310,18 +269,11 @@ def report(results: dict[str, float], host: dict[str, str]) -> str:
         "serves the snapshot's text, rendered once per refresh (the first scrape after a refresh pays the",
         "render time above), so it costs the same however slow Kafka is.",
         "",
-        "## Machine",
-        "",
-        "| | |",
-        "|---|---|",
-        *[f"| {key} | {value} |" for key, value in host.items()],
-        "",
-        f"Load and measurement took {results['total_seconds']:.0f} s in total. The machine was shared with",
-        "other work while measuring; treat the numbers as an order of magnitude.",
+        f"This benchmark took {results['total_seconds']:.0f} s in total, loading the broker included.",
         "",
     ]
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    main()
+    print(json.dumps(measure(), indent=2))
