@@ -16,9 +16,11 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,9 +71,33 @@ def fetch_jars() -> Path:
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
+
+
+# Ports handed out lately in this process: the kernel may offer a released port again at once,
+# and a caller that asks for ports one at a time (then binds them all later) would get it twice.
+_recently_given: deque[int] = deque(maxlen=1024)
+_given_lock = threading.Lock()
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports, none handed out lately by this process."""
+    sockets = []
+    chosen: list[int] = []
+    try:
+        with _given_lock:
+            while len(chosen) < count:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sockets.append(sock)  # held until all are chosen, so this call cannot repeat one
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+                if port not in _recently_given:
+                    chosen.append(port)
+            _recently_given.extend(chosen)
+        return chosen
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 @dataclass
@@ -135,7 +161,8 @@ class KafkaCluster:
     def start(self) -> KafkaCluster:
         libs = fetch_jars()
         self._classpath = f"{libs}/*"
-        self.nodes = [self._plan_node(i + 1) for i in range(self.node_count)]
+        ports = iter(free_ports(self.node_count * (2 + len(self.listeners))))
+        self.nodes = [self._plan_node(i + 1, ports) for i in range(self.node_count)]
         voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.nodes)
         for node in self.nodes:
             node.config_path.write_text(self._properties(node, voters))
@@ -242,17 +269,17 @@ class KafkaCluster:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _plan_node(self, node_id: int) -> Node:
+    def _plan_node(self, node_id: int, ports: Iterator[int]) -> Node:
         base = self.workdir / f"node-{node_id}"
         base.mkdir(parents=True, exist_ok=True)
         return Node(
             node_id=node_id,
-            client_port=free_port(),
-            controller_port=free_port(),
+            client_port=next(ports),
+            controller_port=next(ports),
             data_dir=base / "data",
             config_path=base / "server.properties",
             log_path=base / "broker.log",
-            extra_ports={listener.name: listener.port or free_port() for listener in self.listeners},
+            extra_ports={listener.name: listener.port or next(ports) for listener in self.listeners},
         )
 
     def _properties(self, node: Node, voters: str) -> str:

@@ -115,11 +115,15 @@ def admin_client(settings: KafkaSettings, **extra: Any) -> AdminClient:
     return AdminClient(_base(settings, extra))
 
 
+# librdkafka wants a group.id even for assign(); nothing is ever committed under it, so the
+# broker never holds a group of this name.
+READER_GROUP_ID = "treewatch-reader"
+
+
 def reader(settings: KafkaSettings, **extra: Any) -> Consumer:
     """A consumer for assign()-and-read only: it never joins a group and never commits."""
     config = {
-        # librdkafka wants a group.id even for assign(); nothing is ever committed under it.
-        "group.id": "treewatch-reader",
+        "group.id": READER_GROUP_ID,
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "enable.partition.eof": True,

@@ -29,7 +29,7 @@ from exporter.metrics import GROUP_STATES, Collector
 from exporter.refresh import Refresher
 from exporter.snapshot import Sample
 from pipeline.config import Config, parse_config
-from pipeline.kafka import Watermarks, admin_client, fetch_committed_offsets, fetch_watermarks
+from pipeline.kafka import READER_GROUP_ID, Watermarks, admin_client, fetch_committed_offsets, fetch_watermarks
 
 KAFKA_COLLECTORS = ("kafka_cluster", "kafka_topics", "kafka_groups", "pipeline", "dlq")
 # Record timestamps a few minutes in the past: old enough to give a visible age, young enough that
@@ -283,7 +283,7 @@ def test_dlq_depth_age_error_types_and_pipeline_counters(kafka, unique, source_f
                                                                               "tree_dlq_records_total")
     # The tail reads with assign() only: it never joined, created or committed a consumer group.
     listed = kafka.admin().list_consumer_groups(request_timeout=10).result(timeout=15)
-    assert not [g.group_id for g in listed.valid if g.group_id.startswith("treewatch")]
+    assert READER_GROUP_ID not in {g.group_id for g in listed.valid}
 
 
 def test_the_dlq_tail_reads_a_bounded_number_of_records_per_refresh(kafka, unique):
