@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo generate check-generated lint bench
+.PHONY: setup test demo generate check-generated lint bench soak
 
 setup:
 	@PYTHON=$(PYTHON) scripts/setup.sh
@@ -32,3 +32,8 @@ lint: setup
 
 bench: setup
 	$(PYTHON) -m bench
+
+# Random production faults against the exporter for MINUTES minutes, its invariants watched.
+MINUTES ?= 30
+soak: setup
+	$(PYTHON) -m bench.soak --minutes $(MINUTES)

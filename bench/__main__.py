@@ -16,12 +16,12 @@ from pathlib import Path
 
 import confluent_kafka
 
-from bench import exporter_bench, pipeline_bench
+from bench import exporter_bench, pipeline_bench, soak, trace_bench
 from devkafka import kafka_version
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "docs" / "benchmarks.md"
-BENCHMARKS = {"exporter": exporter_bench, "pipeline": pipeline_bench}
+BENCHMARKS = {"exporter": exporter_bench, "pipeline": pipeline_bench, "trace": trace_bench}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,6 +35,10 @@ def main(argv: list[str] | None = None) -> None:
         results[name] = module.measure()
         print(json.dumps(results[name], indent=2), flush=True)
     sections = [module.section(results[name]) for name, module in BENCHMARKS.items()]
+    # The soak's section is `make soak`'s, measured separately: kept as it was.
+    kept = soak.current_section(args.output)
+    if kept:
+        sections.append(kept + "\n")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(page(sections, machine(), time.monotonic() - started))
     print(f"wrote {args.output}")

@@ -10,18 +10,27 @@ partition has lag and a record age to read) and dead letters in each stage's DLQ
 - scrape time and memory: a real ``treewatch exporter`` process, scraped over HTTP; its resident
   memory from /proc after several refreshes.
 
-``measure()`` runs it; ``section(results)`` is its part of docs/benchmarks.md.
+Then, without Kafka, scrapes under slow clients (``measure_slow_clients``): an exporter process
+serving a synthetic 7 MB exposition that changes every few seconds, scraped by one well-behaved
+client while SLOW_CLIENTS others send their requests or read their answers one byte a second.
+
+``measure()`` runs it all; ``section(results)`` is its part of docs/benchmarks.md.
+``python -m bench.exporter_bench slow-clients`` runs only the slow-client part and prints its section.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import version
 from pathlib import Path
 
@@ -32,8 +41,11 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from devkafka import KafkaCluster, free_port
 from exporter.kafka_source import KafkaSource
+from exporter.metrics import Collector
 from exporter.refresh import Refresher, default_build_info
-from exporter.render import render
+from exporter.render import Renderer, render
+from exporter.server import Endpoints, ExporterHTTPServer, Limits
+from exporter.snapshot import Sample
 from pipeline.config import Config, parse_config
 from pipeline.events import dead_letter
 
@@ -50,6 +62,12 @@ SCRAPES = 20
 EXPORTER_REFRESHES = 3
 ENV = "bench"
 
+SYNTHETIC_PARTITIONS = 16_000  # x 4 metrics: 64,000 series, about 7 MB of exposition
+SYNTHETIC_REFRESH_SECONDS = 5.0  # each refresh a new snapshot, rendered while scrapes go on
+SLOW_CLIENTS = 50  # half send their request a byte a second, half read their answer a byte a second
+TIMED_SCRAPES = 100
+SCRAPE_PAUSE_SECONDS = 0.2
+
 
 def measure() -> dict[str, float]:
     started = time.monotonic()
@@ -59,7 +77,8 @@ def measure() -> dict[str, float]:
         config = bench_config(kafka.bootstrap_servers)
         refresh = measure_refreshes(config)
         served = measure_exporter_process(config)
-    return {**load, **refresh, **served, "total_seconds": time.monotonic() - started}
+    slow_clients = measure_slow_clients()
+    return {**load, **refresh, **served, **slow_clients, "total_seconds": time.monotonic() - started}
 
 
 # -- the data --------------------------------------------------------------------------------------
@@ -228,6 +247,156 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.25)
 
 
+# -- scrapes under slow clients ----------------------------------------------------------------
+
+class SyntheticGroups:
+    """A source of SYNTHETIC_PARTITIONS consumer-group partitions whose values change every run."""
+
+    name = "synthetic"
+    collectors = (Collector.KAFKA_GROUPS,)
+    metrics = ("kafka_consumer_group_lag", "kafka_consumer_group_lag_seconds", "kafka_consumer_group_committed_offset",
+               "kafka_consumer_group_committed_offset_change_timestamp_seconds")
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    def gather(self) -> Mapping[Collector, Sequence[Sample]]:
+        self.runs += 1
+        return {Collector.KAFKA_GROUPS: [
+            Sample(metric, (f"bench-group-{p // 10:04d}", f"bench-topic-{p // 10:04d}", str(p % 10)),
+                   float(p + self.runs))
+            for metric in self.metrics for p in range(SYNTHETIC_PARTITIONS)]}
+
+    def close(self) -> None:
+        pass
+
+
+def serve_synthetic(port: int) -> None:
+    """An exporter as ``build_exporter`` wires it, over SyntheticGroups instead of Kafka; until SIGTERM."""
+    renderer = Renderer(lambda: refresher.current)
+    refresher = Refresher([SyntheticGroups()], interval_seconds=SYNTHETIC_REFRESH_SECONDS, stale_grace_seconds=60,
+                          max_series=1_000_000, build_info=default_build_info(version("treewatch")),
+                          on_snapshot=renderer.prerender)
+    endpoints = Endpoints(renderer=renderer, ready=lambda: refresher.ready, landing_page=lambda: "synthetic")
+    server = ExporterHTTPServer(("127.0.0.1", port), endpoints, limits=Limits())
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    refresher.start()
+    server.serve_forever()
+    server.server_close()
+    refresher.stop()
+
+
+def measure_slow_clients() -> dict[str, float]:
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "bench.exporter_bench", "serve-synthetic", str(port)],
+                               cwd=ROOT)
+    stop = threading.Event()
+    try:
+        wait_for(lambda: _synthetic_ready(port), timeout=300, what="the synthetic exporter to be ready")
+        plain_bytes, gzip_bytes = len(_scrape(port)[1]), len(_scrape(port, gzip=True)[1])
+        quiet = _timed_scrapes(port, gzip=False)
+        slow = [threading.Thread(target=_slow_client, args=(port, stop, i % 2 == 0), daemon=True)
+                for i in range(SLOW_CLIENTS)]
+        for thread in slow:
+            thread.start()
+        threads: list[int] = []
+
+        def count_threads() -> int:
+            threads.append(_process_threads(process.pid))
+            return threads[-1]
+
+        wait_for(lambda: count_threads() > SLOW_CLIENTS, timeout=120,
+                 what=f"the exporter to hold {SLOW_CLIENTS} slow connections")
+        crowded = _timed_scrapes(port, gzip=False, after_each=count_threads)
+        crowded_gzip = _timed_scrapes(port, gzip=True, after_each=count_threads)
+        peak_rss = _process_status(process.pid)["VmHWM"] / 1024
+        load_average = os.getloadavg()[0]
+    finally:
+        stop.set()
+        process.terminate()
+        process.wait(timeout=60)
+    return {"synthetic_exposition_bytes": plain_bytes, "synthetic_gzip_bytes": gzip_bytes,
+            **_latency("quiet", quiet), **_latency("slow_clients", crowded),
+            **_latency("slow_clients_gzip", crowded_gzip),
+            "slow_clients_exporter_threads_max": max(threads), "slow_clients_exporter_peak_rss_mib": peak_rss,
+            "slow_clients_load_average": load_average}
+
+
+def _synthetic_ready(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+            connection.sendall(b"GET /-/ready HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+            return connection.recv(64).startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+
+
+def _scrape(port: int, gzip: bool = False) -> tuple[float, bytes]:
+    """Seconds from connecting to the last byte of /metrics, and the body; a bare socket, so that
+    the client's own parsing stays out of the time."""
+    request = b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n"
+    request += b"Accept-Encoding: gzip\r\n\r\n" if gzip else b"\r\n"
+    started = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port), timeout=120) as connection:
+        connection.sendall(request)
+        chunks = []
+        while chunk := connection.recv(1 << 20):
+            chunks.append(chunk)
+    elapsed = time.perf_counter() - started
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise RuntimeError(f"scrape answered {head[:40]!r}")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length")))
+    if len(body) != length:
+        raise RuntimeError(f"scrape cut short: {len(body)} of {length} bytes")
+    return elapsed, body
+
+
+def _timed_scrapes(port: int, gzip: bool, after_each: Callable[[], object] = lambda: None) -> list[float]:
+    times = []
+    for _ in range(TIMED_SCRAPES):
+        times.append(_scrape(port, gzip)[0])
+        after_each()
+        time.sleep(SCRAPE_PAUSE_SECONDS)  # a scraper's pace, not a wait for anything
+    return times
+
+
+def _slow_client(port: int, stop: threading.Event, drips_request: bool) -> None:
+    """Sends its request, or reads its answer, one byte a second; connects again when cut off."""
+    while not stop.is_set():
+        try:
+            with socket.socket() as connection:
+                connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                connection.connect(("127.0.0.1", port))
+                if drips_request:
+                    for byte in b"GET /metrics HTTP/1.1\r\nHost: bench\r\nX-Slow: " + b"a" * 100_000:
+                        connection.send(bytes([byte]))
+                        if stop.wait(1):
+                            return
+                else:
+                    connection.sendall(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n")
+                    while connection.recv(1) and not stop.wait(1):
+                        pass
+        except OSError:  # cut off by the exporter: a slow client comes back
+            pass
+
+
+def _process_status(pid: int) -> dict[str, int]:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return {line.split(":")[0]: int(line.split()[1]) for line in status.splitlines()
+            if line.startswith(("VmRSS", "VmHWM", "Threads"))}
+
+
+def _process_threads(pid: int) -> int:
+    return _process_status(pid)["Threads"]
+
+
+def _latency(name: str, times: list[float]) -> dict[str, float]:
+    return {f"{name}_p50_seconds": statistics.median(times),
+            f"{name}_p99_seconds": statistics.quantiles(times, n=100)[98], f"{name}_max_seconds": max(times)}
+
+
 # -- the report --------------------------------------------------------------------------------
 
 def section(results: dict[str, float]) -> str:
@@ -266,14 +435,58 @@ def section(results: dict[str, float]) -> str:
         "Refresh time is `KafkaSource.gather()` end to end: metadata, groups (listed, described in batches,",
         "committed offsets fetched with the configured concurrency), one ListOffsets round each for high",
         "watermarks and log starts, record timestamps for lag in seconds, the DLQ tail. A scrape only",
-        "serves the snapshot's text, rendered once per refresh (the first scrape after a refresh pays the",
+        "serves the snapshot's text, rendered once per refresh on the refresh side (no scrape pays the",
         "render time above), so it costs the same however slow Kafka is.",
         "",
+        slow_clients_section(results),
         f"This benchmark took {results['total_seconds']:.0f} s in total, loading the broker included.",
         "",
     ]
     return "\n".join(lines)
 
 
+def slow_clients_section(results: dict[str, float]) -> str:
+    def latency(name: str) -> str:
+        return " / ".join(f"{results[f'{name}_{q}_seconds'] * 1000:.0f} ms" for q in ("p50", "p99", "max"))
+
+    rows = [
+        ("exposition (gzip)", f"{results['synthetic_exposition_bytes'] / 1024 / 1024:.1f} MiB "
+                              f"({results['synthetic_gzip_bytes'] / 1024:.0f} KiB)"),
+        ("scrape, no other client", latency("quiet")),
+        (f"scrape, {SLOW_CLIENTS} slow clients", latency("slow_clients")),
+        (f"scrape with gzip, {SLOW_CLIENTS} slow clients", latency("slow_clients_gzip")),
+        ("exporter threads, at most", f"{results['slow_clients_exporter_threads_max']:.0f}"),
+        ("exporter peak resident memory", f"{results['slow_clients_exporter_peak_rss_mib']:.0f} MiB"),
+    ]
+    lines = [
+        "### Scrapes under slow clients",
+        "",
+        f"An exporter process serving {SYNTHETIC_PARTITIONS * len(SyntheticGroups.metrics):,} synthetic series "
+        f"(a new snapshot every {SYNTHETIC_REFRESH_SECONDS:g} s, rendered",
+        f"while scrapes go on) is scraped {TIMED_SCRAPES} times per line by one well-behaved client, "
+        f"{SCRAPE_PAUSE_SECONDS:g} s apart,",
+        f"while {SLOW_CLIENTS // 2} clients send their request and {SLOW_CLIENTS - SLOW_CLIENTS // 2} read "
+        "their answer one byte a second (each",
+        "connecting again when cut off). Times run from connecting to the last byte; p50 / p99 / max.",
+        f"The 1-minute load average was {results['slow_clients_load_average']:.1f} at the end: the tail is the "
+        "refresh side's",
+        "own work (building and rendering 64,000 series, and the garbage collections it sets off, hold the",
+        "GIL) on a busy machine, never a wait behind a slow client or a rendering.",
+        "",
+        "| what | result |",
+        "|---|---|",
+        *[f"| {what} | {value} |" for what, value in rows],
+        "",
+    ]
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    print(json.dumps(measure(), indent=2))
+    if sys.argv[1:2] == ["serve-synthetic"]:
+        serve_synthetic(int(sys.argv[2]))
+    elif sys.argv[1:2] == ["slow-clients"]:
+        slow_results = measure_slow_clients()
+        print(json.dumps(slow_results, indent=2))
+        print(slow_clients_section(slow_results))
+    else:
+        print(json.dumps(measure(), indent=2))

@@ -26,6 +26,8 @@ from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
+from devkafka.processes import die_with_parent
+
 HERE = Path(__file__).resolve().parent
 POM = HERE / "pom.xml"
 LOG_CONFIG = HERE / "log4j2.yaml"
@@ -342,7 +344,7 @@ class KafkaCluster:
         node.process = subprocess.Popen(
             self._java("kafka.Kafka", str(node.config_path)),
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=die_with_parent,
         )
         log.close()
 

@@ -9,12 +9,27 @@ unready, and stopped (terminate, then kill) however the block ends.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import signal
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """A ``preexec_fn``: the child is killed when the thread that started it ends.
+
+    A test run that is killed (a timeout, Ctrl-C twice, an OOM kill) never reaches its ``finally``
+    blocks; without this its brokers and servers would run on, orphaned, eating the machine. Linux
+    counts the starting *thread*: start long-lived servers from a thread that outlives them.
+    """
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
 
 # How often readiness is asked while a server starts.
 READY_POLL_SECONDS = 0.2
@@ -34,7 +49,7 @@ def running_process(name: str, command: Sequence[str], ready_url: str, log_path:
     with log_path.open("wb") as log:
         # Its own session, so a Ctrl-C meant for the caller reaches the server only through stop.
         process = subprocess.Popen(list(command), stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
+                                   stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent)
     try:
         _await_ready(name, process, ready_url, log_path, timeout)
         yield process

@@ -2,8 +2,10 @@
 
 The tail reads with assign() only: it never joins a consumer group and never commits, so it
 cannot disturb the pipeline's own consumers or show up as a group. It keeps its position in
-memory, reading at most a bounded number of records per refresh, so a huge backlog is caught up
-over several refreshes instead of stalling one.
+memory, reading at most a bounded number of records and of bytes per refresh, so a huge backlog
+(or a queue of huge records) is caught up over several refreshes instead of stalling one or
+filling the exporter's memory. Each record is read on its own (pipeline.events): one that cannot
+be read, whatever its bytes, counts as "unparseable" and the rest go on.
 
 Two views of the same records:
 - what is retained now, by error_type (a gauge): the retained records are read once at first
@@ -14,6 +16,17 @@ Two views of the same records:
 - dead letters written since the exporter first saw the partition (a counter): it starts at the
   high watermark of first sight, so an exporter restart does not count the retained records again
   (increase() over a restart would otherwise jump by the whole DLQ).
+
+error_type comes from the records, so it is bounded before it becomes a label: cut to
+MAX_ERROR_TYPE_CHARS with a marker and made valid UTF-8 (pipeline.events.safe_text), and at most
+MAX_ERROR_TYPES_PER_STAGE distinct ones per stage, the rest counted as OTHER_ERROR_TYPE. A type
+holds its slot while the DLQ retains a record of it; once retention or delete_records removed its
+last one, the slot is free for a new type and the type's series go (both the retained gauge and
+the counter). Should the type come back, its counter starts again from 0. Prometheus expects that
+of a counter: a series that vanished and comes back is a new series, whose rate() and increase()
+count from its second sample on (the dead letters before that are not an increase); one that
+came back before a scrape saw it gone has fallen, which Prometheus takes for a counter reset and
+counts the new value as increase. Either way nothing is counted twice.
 """
 
 from __future__ import annotations
@@ -29,12 +42,26 @@ from pipeline.kafka import LazyReader, Partition, Watermarks, read_records
 # The error types the operators' guide names; they are exposed at 0 from the start so the first
 # dead letter of a kind is an increase Prometheus can see, not a series appearing.
 KNOWN_ERROR_TYPES = ("FILE_NOT_FOUND", "INTELLIGENCE_SERVICE_ERROR", "ENCODING_ERROR", UNPARSEABLE)
-# error_type comes from the records themselves; beyond this many distinct values per stage the
-# rest are counted as OTHER_ERROR_TYPE so a producer bug cannot explode the series count.
+# error_type comes from the records themselves; beyond this many distinct values per stage
+# retained at once (the known ones aside) the rest are counted as OTHER_ERROR_TYPE, so a producer
+# bug cannot explode the series count.
 MAX_ERROR_TYPES_PER_STAGE = 100
 OTHER_ERROR_TYPE = "other"
+_ALWAYS_SHOWN = frozenset({*KNOWN_ERROR_TYPES, OTHER_ERROR_TYPE})
+# Bytes read per refresh at most: the records bound's worth of ordinary dead letters (a kilobyte or
+# two each), so only a queue of huge records (megabytes each) is read over more refreshes, not in
+# one refresh of gigabytes.
+MAX_BYTES_PER_REFRESH = 32 * 1024 * 1024
 
-_READER_SETTINGS = {"fetch.wait.max.ms": 100}
+# librdkafka prefetches up to 64 MiB per consumer by default, in fetches of up to 50 MiB: far more
+# than a refresh reads. Smaller fetches keep what is read beyond the per-refresh bound (and thrown
+# away) small. A record bigger than these limits is still returned, alone in its fetch.
+_READER_SETTINGS = {
+    "fetch.wait.max.ms": 100,
+    "fetch.max.bytes": 8 * 1024 * 1024,
+    "max.partition.fetch.bytes": 1024 * 1024,
+    "queued.max.messages.kbytes": 8 * 1024,
+}
 
 
 @dataclass
@@ -63,9 +90,11 @@ class _PartitionTail:
 
 class DlqTail:
     def __init__(self, settings: KafkaSettings, stages: tuple[Stage, ...], *,
-                 max_records_per_refresh: int = 20_000, read_timeout_seconds: float = 10.0) -> None:
+                 max_records_per_refresh: int = 20_000, max_bytes_per_refresh: int = MAX_BYTES_PER_REFRESH,
+                 read_timeout_seconds: float = 10.0) -> None:
         self._stage_of = {stage.dlq_topic: stage.name for stage in reversed(stages)}
         self._max_records = max_records_per_refresh
+        self._max_bytes = max_bytes_per_refresh
         self._read_timeout = read_timeout_seconds
         self._reader = LazyReader(settings, **_READER_SETTINGS)
         self._tails: dict[Partition, _PartitionTail] = {}
@@ -73,7 +102,7 @@ class DlqTail:
         self._error_types: dict[str, set[str]] = {}
 
     def advance(self, partitions: list[Partition], marks: Watermarks, deadline: float | None = None) -> None:
-        """Read the dead letters written since the last call (up to the per-refresh bound), within
+        """Read the dead letters written since the last call (up to the per-refresh bounds), within
         the read timeout or ``deadline`` (time.monotonic()), whichever comes first."""
         starts: dict[Partition, int] = {}
         for key in partitions:
@@ -91,12 +120,14 @@ class DlqTail:
             starts[key] = tail.position
         for topic, _ in starts:
             self._counts.setdefault(self._stage_of[topic], {})
+        # Before reading: the records read next may take the slots retention just freed.
+        self._free_slots()
         read_until = time.monotonic() + self._read_timeout
         if deadline is not None:
             read_until = min(read_until, deadline)
         drained: set[Partition] = set()
         records = read_records(self._reader.get(), starts, marks.high, deadline=read_until,
-                               max_records=self._max_records, drained=drained)
+                               max_records=self._max_records, max_bytes=self._max_bytes, drained=drained)
         for message in records:
             stage = self._stage_of[message.topic()]
             error_type = self._bounded(stage, parse_dead_letter(message.value()).error_type)
@@ -113,12 +144,26 @@ class DlqTail:
             self._tails[key].position = max(self._tails[key].position, marks.high[key])
 
     def _bounded(self, stage: str, error_type: str) -> str:
-        seen = self._error_types.setdefault(stage, set())
-        if error_type not in seen:
-            if len(seen) >= MAX_ERROR_TYPES_PER_STAGE:
+        if error_type in _ALWAYS_SHOWN:
+            return error_type
+        slots = self._error_types.setdefault(stage, set())
+        if error_type not in slots:
+            if len(slots) >= MAX_ERROR_TYPES_PER_STAGE:
                 return OTHER_ERROR_TYPE
-            seen.add(error_type)
+            slots.add(error_type)
         return error_type
+
+    def _free_slots(self) -> None:
+        """Give up the slots (and the series) of the error types no retained record has any more."""
+        retained: dict[str, set[str]] = {}
+        for (topic, _), tail in self._tails.items():
+            retained.setdefault(self._stage_of[topic], set()).update(run[2] for run in tail.runs)
+        for stage, slots in self._error_types.items():
+            gone = slots - retained.get(stage, set())
+            slots -= gone
+            counts = self._counts.get(stage, {})
+            for error_type in gone:
+                counts.pop(error_type, None)
 
     def samples(self) -> list[Sample]:
         samples = []

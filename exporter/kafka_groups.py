@@ -118,6 +118,46 @@ def fetch_groups(admin: AdminClient, allowed: Callable[[str], bool], request_tim
     return read
 
 
+class HeldGroups:
+    """Groups a refresh could not read, served at their last known state for ``keep_seconds``,
+    as every other collector's data is held for the grace period.
+
+    A group whose coordinator is down is missing from the listing (ListGroups asks every broker,
+    and that one cannot answer) or cannot be described or have its offsets read: without this it
+    would vanish at once, and come back as a new series when its coordinator returns. A group is
+    only held while the read met errors: one missing from a complete read was deleted.
+    """
+
+    def __init__(self, keep_seconds: float) -> None:
+        self._keep = keep_seconds
+        self._seen: dict[str, tuple[GroupInfo, float]] = {}  # group -> (last complete info, read at)
+
+    def fill(self, read: GroupsRead, now: float) -> GroupsRead:
+        groups: list[GroupInfo] = []
+        for info in read.groups:
+            if info.committed_read:
+                self._seen[info.group] = (info, now)
+            else:
+                held = self._held(info.group, now)
+                if held is not None:
+                    # State and members are this refresh's; only the offsets are the last known.
+                    info = GroupInfo(info.group, info.state, info.members, info.assigned_topics, held.committed)
+            groups.append(info)
+        if read.error_count == 0:
+            present = {info.group for info in read.groups}
+            self._seen = {group: entry for group, entry in self._seen.items() if group in present}
+            return read
+        read_now = {info.group for info in groups}
+        groups += [held for group in sorted(self._seen) if group not in read_now
+                   and (held := self._held(group, now)) is not None]
+        self._seen = {group: entry for group, entry in self._seen.items() if now - entry[1] <= self._keep}
+        return GroupsRead(groups, read.errors)
+
+    def _held(self, group: str, now: float) -> GroupInfo | None:
+        entry = self._seen.get(group)
+        return entry[0] if entry is not None and now - entry[1] <= self._keep else None
+
+
 class PartialFailureLog:
     """Logs the errors of a partial read when they start or change, not on every refresh."""
 

@@ -1,7 +1,8 @@
 """The Kafka side of the exporter: one pass per refresh gathers every Kafka collector.
 
 Per refresh: one metadata request (topics, partitions, brokers, controller); the consumer groups
-(listed, described in batches, committed offsets fetched concurrently with a cap); one ListOffsets
+(listed, described in batches, committed offsets fetched concurrently with a cap, all in a child
+process of their own: see exporter/group_reader.py); one ListOffsets
 round for the high watermarks and one for the log starts of every partition needed, both in
 flight together; one batched read of the record timestamps not already known (lag seconds, the
 oldest dead letter); the DLQ tail. Nothing is asked per partition. The whole pass shares one
@@ -24,11 +25,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from confluent_kafka import KafkaException
 
 from exporter.dlq_tail import DlqTail
+from exporter.group_reader import IsolatedGroupReader
 from exporter.kafka_groups import (
     GroupsRead,
+    HeldGroups,
     OffsetChangeTracker,
     PartialFailureLog,
-    fetch_groups,
     group_samples,
     lag_positions,
 )
@@ -42,6 +44,8 @@ from pipeline.kafka import ClientErrors, Partition, Watermarks, admin_client, fe
 log = logging.getLogger("treewatch.kafka_source")
 
 Results = dict[Collector, Sequence[Sample] | BaseException]
+
+GROUPS_SHARE_OF_BUDGET = 0.7
 
 
 class GatherInterrupted(Exception):
@@ -96,7 +100,12 @@ class KafkaSource:
         self._dlq = DlqTail(config.kafka, config.stages, read_timeout_seconds=self._timeout)
         self._pipeline_marks = LastKnownWatermarks(config.exporter.stale_grace_seconds)
         self._group_failures = PartialFailureLog(log)
+        self._held_groups = HeldGroups(config.exporter.stale_grace_seconds)
         self._interrupted = threading.Event()
+        self._groups = IsolatedGroupReader(config.kafka, config.exporter.groups, self._timeout,
+                                           config.exporter.committed_offsets_concurrency,
+                                           interrupted=self._interrupted)
+        self._groups.start()
 
     def interrupt(self) -> None:
         """Make a gather in progress end at its next step (called from another thread on stop)."""
@@ -125,9 +134,11 @@ class KafkaSource:
 
         groups: GroupsRead | BaseException
         try:
-            groups = fetch_groups(self._admin, settings.groups, self._timeout,
-                                  settings.committed_offsets_concurrency, deadline=deadline)
-            self._group_failures.report(groups.errors)
+            # The groups get most of the budget, not all: a wedged reader must leave time for the
+            # watermarks and what follows, or one stuck client would fail every collector.
+            read = self._groups.read(time.monotonic() + GROUPS_SHARE_OF_BUDGET * (deadline - time.monotonic()))
+            self._group_failures.report(read.errors)
+            groups = self._held_groups.fill(read, time.monotonic())
         except Exception as error:  # the groups' failure is theirs alone
             groups = error
         self._step()
@@ -182,6 +193,7 @@ class KafkaSource:
         return results
 
     def close(self) -> None:
+        self._groups.close()
         self._record_times.close()
         self._dlq.close()
 

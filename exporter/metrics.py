@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from pipeline.events import MAX_ERROR_TYPE_CHARS, TRUNCATED_MARKER
+
 
 class Kind(StrEnum):
     GAUGE = "gauge"
@@ -126,8 +128,11 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("tree_dlq_records_total", Kind.COUNTER, ("stage", "error_type"), Collector.DLQ,
               "Dead letters written to the stage's queue since the exporter first saw it, by error_type; "
               "what was retained before is not counted again when the exporter restarts (see "
-              "tree_dlq_retained_records_by_error_type). A record that is not a JSON object counts as "
-              "error_type=\"unparseable\"."),
+              "tree_dlq_retained_records_by_error_type). A record that cannot be read as a JSON object, "
+              "whatever its bytes, counts as error_type=\"unparseable\". error_type is cut to "
+              f"{MAX_ERROR_TYPE_CHARS} characters (ending in {TRUNCATED_MARKER}); too many distinct types retained "
+              "at once count as \"other\"; a type's series go once the queue retains none of it, and its "
+              "counter starts again from 0 if it comes back."),
     MetricDef("tree_dlq_retained_records_by_error_type", Kind.GAUGE, ("stage", "error_type"), Collector.DLQ,
               "Dead letters retained in the stage's queue now, by error_type (unparseable as in "
               "tree_dlq_records_total); falls when retention or delete_records removes them. Absent until "

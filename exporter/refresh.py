@@ -71,8 +71,12 @@ class Refresher:
         max_series: int,
         build_info: Mapping[str, str],
         clock: Callable[[], float] = time.time,
+        on_snapshot: Callable[[], None] | None = None,
     ) -> None:
         self.sources = list(sources)
+        # Called in the refresh thread after each new snapshot, outside the lock (the renderer
+        # renders it there, so that no scrape has to).
+        self.on_snapshot = on_snapshot
         self.interval_seconds = interval_seconds
         self.stale_grace_seconds = stale_grace_seconds
         self.max_series = max_series
@@ -196,6 +200,8 @@ class Refresher:
                 else:
                     state.errors += 1
             self._rebuild()
+        if self.on_snapshot is not None:
+            self.on_snapshot()
         return all(run.ok for run in runs)
 
     def _report_failure(self, collector: Collector, error: BaseException) -> None:

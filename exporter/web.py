@@ -10,15 +10,22 @@ import ssl
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler
 
 import bcrypt
 
 from pipeline.config import ConfigError, WebSettings
+from pipeline.tls import load_cert_chain
+
+# The Authorization header of a request -> whether it may be answered.
+Authorizer = Callable[[str], bool]
+# What a refused request is told to send (its WWW-Authenticate header).
+CHALLENGE = 'Basic realm="treewatch"'
 
 
-def authorizer(web: WebSettings) -> Callable[[BaseHTTPRequestHandler], bool] | None:
-    """A check that answers 401 itself and returns False when basic auth is configured and fails."""
+def authorizer(web: WebSettings) -> Authorizer | None:
+    """A check of a request's Authorization header when basic auth is configured, else None.
+
+    The server answers a refused request 401 with ``CHALLENGE``."""
     users = {name: _checked_hash(name, hashed) for name, hashed in web.basic_auth_users.items()}
     if not users:
         return None
@@ -31,20 +38,12 @@ def authorizer(web: WebSettings) -> Callable[[BaseHTTPRequestHandler], bool] | N
     # verified is remembered (as a digest, never in clear) instead of hashed again each time.
     verified = _VerifiedHeaders()
 
-    def authorize(handler: BaseHTTPRequestHandler) -> bool:
-        header = handler.headers.get("Authorization", "")
+    def authorize(header: str) -> bool:
         if verified.seen(header):
             return True
         if _credentials_valid(header, users, dummy):
             verified.remember(header)
             return True
-        body = b"unauthorized\n"
-        handler.send_response(401)
-        handler.send_header("WWW-Authenticate", 'Basic realm="treewatch"')
-        handler.send_header("Content-Type", "text/plain; charset=utf-8")
-        handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        handler.wfile.write(body)
         return False
 
     return authorize
@@ -116,10 +115,6 @@ def tls_context(web: WebSettings) -> ssl.SSLContext | None:
         return None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(web.tls_cert_file, web.tls_key_file)
-    except (OSError, ssl.SSLError) as error:
-        files = ", ".join(filter(None, [web.tls_cert_file, web.tls_key_file]))
-        raise ConfigError(f"exporter.web: cannot load the TLS certificate and key ({files}): "
-                          f"{getattr(error, 'strerror', None) or error}") from None
+    load_cert_chain(context, "exporter.web", ("tls_cert_file", web.tls_cert_file),
+                    ("tls_key_file", web.tls_key_file), ("tls_key_password_file", web.tls_key_password))
     return context

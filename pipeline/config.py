@@ -7,7 +7,9 @@ expected; nothing later has to second-guess a value.
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -68,8 +70,48 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
 }
 
 
+# A configuration is a few kilobytes; files far beyond these are mistakes or attacks, refused before
+# they cost anything (only limit + 1 bytes are ever read, so even /dev/zero is refused at once).
+MAX_CONFIG_BYTES = 1 << 20
+MAX_SECRET_BYTES = 64 << 10
+MAX_PEM_BYTES = 8 << 20  # a CA bundle of every public root is about 250 KiB
+
+# What a YAML document may make of itself through anchors and aliases: a "billion laughs" file of a
+# few hundred bytes expands to 10^9 values, so aliases are counted and their expansion measured
+# while composing, before anything is built.
+MAX_YAML_ALIASES = 100
+MAX_YAML_VALUES = 10_000
+MAX_YAML_DEPTH = 50
+MAX_YAML_INTEGER_DIGITS = 30
+
+
 class ConfigError(ValueError):
     """A configuration problem, phrased for the person who wrote the file."""
+
+
+def read_text_file(path: str | os.PathLike[str], limit: int) -> str:
+    """The UTF-8 text of a file the configuration names, at most ``limit`` bytes of it.
+
+    Raises a ConfigError whose message is only the reason (for the caller to put after the file
+    and the field): "not found", the system's reason, "larger than ...", "not UTF-8 text (...)".
+    """
+    try:
+        with open(path, "rb") as stream:
+            data = stream.read(limit + 1)
+    except FileNotFoundError:
+        raise ConfigError("not found") from None
+    except OSError as error:
+        raise ConfigError(error.strerror or str(error)) from None
+    if len(data) > limit:
+        raise ConfigError(f"larger than {_size(limit)}; refused")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"not UTF-8 text (byte 0x{data[error.start]:02x} at offset {error.start})") from None
+
+
+def _size(limit: int) -> str:
+    return f"{limit >> 20} MiB" if limit >= 1 << 20 else f"{limit >> 10} KiB"
 
 
 @dataclass(frozen=True)
@@ -161,6 +203,7 @@ class NameFilter:
 class WebSettings:
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
+    tls_key_password: str | None = field(default=None, repr=False)
     basic_auth_users: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
@@ -174,6 +217,8 @@ class ExporterSettings:
     committed_offsets_concurrency: int = 8
     health_timeout_seconds: float = 5.0
     health_max_body_bytes: int = 65_536
+    # Connections the exporter's endpoint serves at once; one more is answered 503 at once.
+    max_connections: int = 64
     groups: NameFilter = NameFilter()
     # Kafka's internal topics say nothing about the pipeline.
     topics: NameFilter = NameFilter(deny=(re.compile("__.*"),))
@@ -217,20 +262,125 @@ def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str] 
         return parse_config({}, source="<defaults>", environ=environ)
     file = Path(path)
     try:
-        text = file.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{file}: configuration file not found") from None
-    except OSError as error:
-        raise ConfigError(f"{file}: cannot read configuration file: {error.strerror}") from None
+        text = read_text_file(file, MAX_CONFIG_BYTES)
+    except ConfigError as error:
+        raise ConfigError(f"{file}: cannot read configuration file: {error}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_BoundedLoader)
+    except _YamlRefused as error:
+        raise ConfigError(f"{file}: refused at {_where(error.mark)}: {error}") from None
     except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{file}: not valid YAML{where}: {getattr(error, 'problem', error)}") from None
+        raise ConfigError(f"{file}: not valid YAML{_yaml_problem(error)}") from None
     if data is None:
         data = {}
     return parse_config(data, source=str(file), environ=environ)
+
+
+def _where(mark: yaml.Mark) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}"
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's error on one line, where first: its own str() spans several and repeats the text."""
+    if isinstance(error, yaml.MarkedYAMLError):
+        mark = error.problem_mark or error.context_mark
+        context = error.context
+        if context and error.context_mark and error.context_mark is not mark:
+            context = f"{context} at {_where(error.context_mark)}"
+        return (f" at {_where(mark)}" if mark else "") + ": " + "; ".join(filter(None, [context, error.problem]))
+    if isinstance(error, yaml.reader.ReaderError):
+        return f": character #x{error.character:04x} at offset {error.position}: {error.reason}"
+    return ": " + " ".join(str(error).split())
+
+
+class _YamlRefused(yaml.YAMLError):
+    """Well-formed YAML that would cost far more to build than any configuration needs."""
+
+    def __init__(self, problem: str, mark: yaml.Mark) -> None:
+        super().__init__(problem)
+        self.mark = mark
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses, while composing and so before anything is built, what makes a
+    small file expensive: more than a few aliases, aliases whose expansion would exceed
+    MAX_YAML_VALUES values or MAX_YAML_DEPTH levels (billion laughs), an alias inside the very
+    collection it names (a cycle), and nesting deep enough to exhaust the stack. Values are only
+    what JSON has: a date-like scalar stays the text it is, and !!binary or !!set are refused.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._aliases = 0
+        self._values = 0  # composed so far, each alias counted as everything it stands for
+        self._depth = 0
+        self._open_anchors: set[str] = set()  # anchors of collections still being composed
+        self._measured: dict[int, tuple[int, int]] = {}  # id(node) -> (values, depth) below it
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_YAML_ALIASES:
+                raise _YamlRefused(f"more than {MAX_YAML_ALIASES} aliases", event.start_mark)
+            if event.anchor in self._open_anchors:
+                raise _YamlRefused(f"alias *{event.anchor} is inside the collection it names", event.start_mark)
+            target = self.anchors.get(event.anchor)
+            if target is not None:  # an undefined alias is the composer's error to report
+                values, depth = self._measure(target)
+                self._count(values, self._depth + depth, event.start_mark, " with its aliases expanded")
+            return super().compose_node(parent, index)
+        self._count(1, self._depth + 1, event.start_mark, "")
+        if event.anchor is not None:
+            self._open_anchors.add(event.anchor)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+            self._open_anchors.discard(event.anchor)
+
+    def _count(self, values: int, depth: int, mark: yaml.Mark, expanded: str) -> None:
+        self._values += values
+        if self._values > MAX_YAML_VALUES:
+            raise _YamlRefused(f"the document{expanded} has more than {MAX_YAML_VALUES} values", mark)
+        if depth > MAX_YAML_DEPTH:
+            raise _YamlRefused(f"the document{expanded} is nested more than {MAX_YAML_DEPTH} levels deep", mark)
+
+    def _measure(self, node: yaml.Node) -> tuple[int, int]:
+        """(values, levels) of ``node`` with its aliases expanded; each node is measured once, and
+        none is deeper than MAX_YAML_DEPTH, so neither time nor recursion grows with the expansion."""
+        known = self._measured.get(id(node))
+        if known is None:
+            if isinstance(node, yaml.MappingNode):
+                children = [part for pair in node.value for part in pair]
+            elif isinstance(node, yaml.SequenceNode):
+                children = node.value
+            else:
+                children = []
+            below = [self._measure(child) for child in children]
+            known = (1 + sum(values for values, _ in below), 1 + max((depth for _, depth in below), default=0))
+            self._measured[id(node)] = known
+        return known
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        # Python refuses to parse integers of more than 4300 digits with a bare ValueError, and no
+        # setting needs more than 20.
+        if len(node.value) > MAX_YAML_INTEGER_DIGITS:
+            raise yaml.constructor.ConstructorError(None, None, f"integer of {len(node.value)} characters is too large",
+                                                    node.start_mark)
+        return super().construct_yaml_int(node)
+
+    def _not_a_configuration_value(self, node: yaml.Node) -> None:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"{node.tag} is not a configuration value (text, number, boolean, list or mapping)",
+            node.start_mark)
+
+
+_BoundedLoader.add_constructor("tag:yaml.org,2002:int", _BoundedLoader.construct_yaml_int)
+_BoundedLoader.add_constructor("tag:yaml.org,2002:timestamp", _BoundedLoader.construct_yaml_str)
+for _tag in ("binary", "set", "omap", "pairs"):
+    _BoundedLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _BoundedLoader._not_a_configuration_value)
 
 
 def parse_config(data: Any, source: str, environ: Mapping[str, str] | None = None) -> Config:
@@ -245,7 +395,7 @@ def parse_config(data: Any, source: str, environ: Mapping[str, str] | None = Non
         kafka=_kafka(data.get("kafka", {}), source),
         stages=_stages(data.get("stages", {}), env, source),
         services=_services(data.get("services")),
-        exporter=_exporter(data.get("exporter", {})),
+        exporter=_exporter(data.get("exporter", {}), source),
         source=source,
     )
 
@@ -264,12 +414,28 @@ def _apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> di
     return merged
 
 
+def _is_finite_number(checker: jsonschema.TypeChecker, instance: Any) -> bool:
+    return jsonschema.Draft202012Validator.TYPE_CHECKER.is_type(instance, "number") and math.isfinite(instance)
+
+
+# YAML has .nan and .inf, JSON Schema's "number" takes them, and no setting means anything with
+# them (a .nan grace keeps nothing, an .inf interval kills the refresh thread): "number" is finite.
+_Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("number", _is_finite_number))
+
+
 def _validate(data: dict[str, Any], source: str) -> None:
-    validator = jsonschema.Draft202012Validator(schema(), format_checker=jsonschema.FormatChecker())
-    errors = sorted(validator.iter_errors(data), key=lambda e: (list(e.absolute_path), e.message))
-    if not errors:
+    validator = _Validator(schema(), format_checker=jsonschema.FormatChecker())
+    # The type's complaint first: .inf is both "not a finite number" and "above the maximum".
+    errors = sorted(validator.iter_errors(data),
+                    key=lambda e: ([str(p) for p in e.absolute_path], e.validator != "type", e.message))
+    by_field: dict[str, str] = {}
+    for error in errors:
+        by_field.setdefault(_field_name(error), _expected(error))
+    if not by_field:
         return
-    lines = [f"{source}: {_field_name(e)}: {_expected(e)}" for e in errors[:10]]
+    lines = [f"{source}: {name}: {expected}" for name, expected in list(by_field.items())[:10]]
     raise ConfigError("invalid configuration\n  " + "\n  ".join(lines))
 
 
@@ -291,7 +457,11 @@ def _expected(error: jsonschema.ValidationError) -> str:
     if error.validator == "required":
         return "required field is missing"
     if error.validator == "type":
+        if isinstance(error.instance, float) and not math.isfinite(error.instance):
+            return f"expected a finite number, got {_describe(error.instance)}"
         return f"expected {error.validator_value}, got {_describe(error.instance)}"
+    if error.validator in _BOUNDS:
+        return f"expected {_BOUNDS[error.validator]} {error.validator_value}, got {_describe(error.instance)}"
     if error.validator == "enum":
         allowed = ", ".join(map(str, error.validator_value))
         return f"expected one of {allowed}, got {_describe(error.instance)}"
@@ -303,6 +473,10 @@ def _expected(error: jsonschema.ValidationError) -> str:
     return error.message
 
 
+_BOUNDS = {"minimum": "at least", "exclusiveMinimum": "more than", "maximum": "at most",
+           "exclusiveMaximum": "less than"}
+
+
 def _describe(value: Any) -> str:
     kind = {str: "string", int: "integer", float: "number", bool: "boolean", list: "list",
             dict: "mapping", type(None): "null"}.get(type(value), type(value).__name__)
@@ -312,10 +486,18 @@ def _describe(value: Any) -> str:
 
 def _read_secret(path: str, field_name: str, source: str) -> str:
     try:
-        return Path(path).read_text().strip()
-    except OSError as error:
-        raise ConfigError(f"{source}: {field_name}: cannot read secret file {path}:"
-                          f" {error.strerror}") from None
+        return read_text_file(path, MAX_SECRET_BYTES).strip()
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {field_name}: cannot read secret file {path}: {error}") from None
+
+
+def _refuse_half_pair(raw: Mapping[str, Any], section: str, source: str, cert: str, key: str) -> None:
+    """A certificate goes with its key: with one alone, TLS would be off (served as plain HTTP) or
+    fail only when the first connection needs it."""
+    given = [name for name in (cert, key) if name in raw]
+    if len(given) == 1:
+        missing = key if given == [cert] else cert
+        raise ConfigError(f"{source}: {section}.{given[0]}: given without {section}.{missing}; TLS needs both")
 
 
 def _kafka(data: dict[str, Any], source: str) -> KafkaSettings:
@@ -332,6 +514,7 @@ def _kafka(data: dict[str, Any], source: str) -> KafkaSettings:
     tls = None
     if "tls" in data:
         raw = data["tls"]
+        _refuse_half_pair(raw, "kafka.tls", source, cert="cert_file", key="key_file")
         key_password = raw.get("key_password")
         if "key_password_file" in raw:
             key_password = _read_secret(raw["key_password_file"], "kafka.tls.key_password_file", source)
@@ -409,12 +592,16 @@ def _filter(data: dict[str, list[str]] | None, default: NameFilter) -> NameFilte
     return NameFilter(allow=allow, deny=deny)
 
 
-def _exporter(data: dict[str, Any]) -> ExporterSettings:
+def _exporter(data: dict[str, Any], source: str) -> ExporterSettings:
     defaults = ExporterSettings()
     web = data.get("web", {})
+    _refuse_half_pair(web, "exporter.web", source, cert="tls_cert_file", key="tls_key_file")
+    if "listen_address" in data:
+        _check_listen_address(data["listen_address"], source)
     scalars = {key: data[key] for key in (
         "listen_address", "refresh_interval_seconds", "stale_grace_seconds", "max_series",
-        "committed_offsets_concurrency", "health_timeout_seconds", "health_max_body_bytes") if key in data}
+        "committed_offsets_concurrency", "health_timeout_seconds", "health_max_body_bytes",
+        "max_connections") if key in data}
     return ExporterSettings(
         **scalars,
         groups=_filter(data.get("groups"), defaults.groups),
@@ -422,6 +609,18 @@ def _exporter(data: dict[str, Any]) -> ExporterSettings:
         web=WebSettings(
             tls_cert_file=web.get("tls_cert_file"),
             tls_key_file=web.get("tls_key_file"),
+            tls_key_password=(_read_secret(web["tls_key_password_file"], "exporter.web.tls_key_password_file", source)
+                              if "tls_key_password_file" in web else None),
             basic_auth_users=dict(web.get("basic_auth_users", {})),
         ),
     )
+
+
+def _check_listen_address(address: str, source: str) -> None:
+    """What the schema's pattern cannot say: a bracketed host is an IPv6 address."""
+    host, _ = ExporterSettings(listen_address=address).listen_host_port
+    if address.startswith("["):
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ConfigError(f"{source}: exporter.listen_address: {host!r} is not an IPv6 address") from None

@@ -1,9 +1,11 @@
 """The pipeline's event envelopes and dead letters, read tolerantly.
 
 Events are JSON objects whose ``payload`` carries ``correlation_id``; dead letters carry
-``original_topic``, ``original_payload``, ``error_type`` and an error message. Anything else
-(bad JSON, a list, bytes that are not UTF-8) is reported as unreadable, never raised, so one
-bad record cannot stop a reader.
+``original_topic``, ``original_payload``, ``error_type`` and an error message. A record's value is
+any bytes at all: every reader goes through ``read_json_object``, which either returns a JSON
+object or says why the record cannot be read (too big, not UTF-8, not a JSON object, nested too
+deep, a number too long), and never raises anything else, so one poison record cannot stop a
+reader however it was made.
 """
 
 from __future__ import annotations
@@ -22,15 +24,108 @@ UNKNOWN_ERROR_TYPE = "UNKNOWN"
 # project. The real pipeline does not read it; it discovers the files under project_path.
 SYNTHETIC_FILE_COUNT_FIELD = "synthetic_file_count"
 
+# Records bigger than this are not parsed: Kafka's default max.message.bytes is 1 MiB, so no event
+# of a default topic is bigger, and parsing costs time and memory in proportion to the size (as
+# Python objects, a record of many small JSON values takes up to 25 times its size).
+MAX_DECODED_BYTES = 1024 * 1024
+# Deeper JSON is not accepted: the pipeline's records nest a handful of levels (dead letter,
+# original_payload, payload, fields). json.loads gives up near Python's recursion limit (1,000
+# frames) with RecursionError, and what walks the result recursively (dataclasses.asdict,
+# json.dump with indent, copy.deepcopy) gives up far sooner: a few hundred levels.
+MAX_NESTING_DEPTH = 64
+# An error_type longer than this is cut: it becomes a Prometheus label value, and a producer bug
+# that puts a stack trace there would otherwise put megabytes into every scrape.
+MAX_ERROR_TYPE_CHARS = 128
+# Any other text of a dead letter (message, correlation id) longer than this is cut: it is shown to
+# an operator, one line per dead letter.
+MAX_TEXT_CHARS = 1000
+# Kafka refuses longer topic names; a longer original_topic names no topic, cut or not.
+MAX_TOPIC_NAME_CHARS = 249
+# Marks a text that was cut.
+TRUNCATED_MARKER = "...truncated"
+
+# Characters a terminal or a one-line listing must not get raw: C0 and C1 controls (ANSI escape
+# sequences start with one) and DEL; line breaks and tabs become a space.
+_CONTROL_CHARACTERS = {code: "\ufffd" for code in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+_CONTROL_CHARACTERS.update({ord("\n"): " ", ord("\r"): " ", ord("\t"): " "})
+
+
+class UnreadableRecord(ValueError):
+    """A record value that is not a JSON object treewatch can read; ``str()`` says why, for an operator."""
+
+
+def read_json_object(value: bytes | str | None) -> dict[str, Any]:
+    """The record value as a JSON object, or UnreadableRecord saying why not.
+
+    JSON exchanged between systems is UTF-8 (RFC 8259, section 8.1): bytes are decoded as UTF-8
+    only, so a reader that looks for a text in the raw bytes first (``tools.trace``) finds every
+    record this reads. Whatever the bytes, nothing but UnreadableRecord is raised.
+    """
+    if value is None:
+        raise UnreadableRecord("no value (a tombstone)")
+    if len(value) > MAX_DECODED_BYTES:
+        raise UnreadableRecord(f"larger than {MAX_DECODED_BYTES:,} bytes ({len(value):,} bytes)")
+    try:
+        text = value if isinstance(value, str) else bytes(value).decode("utf-8")
+        decoded = json.loads(text)
+    except UnicodeDecodeError:
+        raise UnreadableRecord("not UTF-8") from None
+    except json.JSONDecodeError:
+        raise UnreadableRecord("not a JSON object") from None
+    except RecursionError:
+        raise UnreadableRecord(f"nested deeper than {MAX_NESTING_DEPTH} levels") from None
+    except ValueError:
+        # The only other ValueError json raises: an integer of more digits than Python converts
+        # (sys.get_int_max_str_digits(), 4,300 by default).
+        raise UnreadableRecord("holds a number too long to read") from None
+    except MemoryError:
+        # Within MAX_DECODED_BYTES only a machine already short of memory gets here: one record
+        # is then unreadable, the reader goes on.
+        raise UnreadableRecord("too big to read with the memory available") from None
+    if not isinstance(decoded, dict):
+        raise UnreadableRecord("not a JSON object")
+    # Fewer brackets than the limit cannot nest deeper: the walk is only needed for the rare rest.
+    if text.count("{") + text.count("[") > MAX_NESTING_DEPTH and _nests_deeper(decoded, MAX_NESTING_DEPTH):
+        raise UnreadableRecord(f"nested deeper than {MAX_NESTING_DEPTH} levels")
+    return decoded
+
+
+def _nests_deeper(value: Any, limit: int) -> bool:
+    """Whether containers in ``value`` nest more than ``limit`` levels (iterative: no recursion
+    limit of its own)."""
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        pending.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
 
 def decode_json_object(value: bytes | str | None) -> dict[str, Any] | None:
-    if value is None:
-        return None
+    """read_json_object(), or None when the record cannot be read."""
     try:
-        decoded = json.loads(value)
-    except (UnicodeDecodeError, ValueError):
+        return read_json_object(value)
+    except UnreadableRecord:
         return None
-    return decoded if isinstance(decoded, dict) else None
+
+
+def safe_text(value: object, max_chars: int) -> str | None:
+    """A string of a record as safe to show or to use as a label value, None when ``value`` is not a
+    string: valid UTF-8 (JSON's escapes can make lone surrogates, "\\ud800", which no UTF-8 writer
+    accepts, so a scrape or a print would fail on them: they become U+FFFD), no control
+    characters, and at most ``max_chars`` characters (a longer one is cut and ends in
+    TRUNCATED_MARKER)."""
+    if not isinstance(value, str):
+        return None
+    if len(value) > max_chars:
+        value = value[:max(0, max_chars - len(TRUNCATED_MARKER))] + TRUNCATED_MARKER
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return value.translate(_CONTROL_CHARACTERS)
 
 
 def correlation_id(value: bytes | str | None) -> str | None:
@@ -56,25 +151,28 @@ def correlation_id_of(event: dict[str, Any]) -> str | None:
 
 @dataclass(frozen=True)
 class DeadLetter:
+    """A dead letter as read. Its texts went through safe_text (error_type is a label value);
+    ``unreadable`` says why the record could not be read at all, and then error_type is UNPARSEABLE."""
+
     error_type: str
     error_message: str | None
     original_topic: str | None
     original_payload: Any
     correlation_id: str | None
+    unreadable: str | None = None
 
 
 def parse_dead_letter(value: bytes | str | None) -> DeadLetter:
-    record = decode_json_object(value)
-    if record is None:
-        return DeadLetter(UNPARSEABLE, None, None, None, None)
-    error_type = record.get("error_type")
-    message = record.get("error_message", record.get("error"))
+    try:
+        record = read_json_object(value)
+    except UnreadableRecord as error:
+        return DeadLetter(UNPARSEABLE, None, None, None, None, unreadable=str(error))
     return DeadLetter(
-        error_type=error_type if isinstance(error_type, str) and error_type else UNKNOWN_ERROR_TYPE,
-        error_message=message if isinstance(message, str) else None,
-        original_topic=record.get("original_topic") if isinstance(record.get("original_topic"), str) else None,
+        error_type=safe_text(record.get("error_type"), MAX_ERROR_TYPE_CHARS) or UNKNOWN_ERROR_TYPE,
+        error_message=safe_text(record.get("error_message", record.get("error")), MAX_TEXT_CHARS),
+        original_topic=safe_text(record.get("original_topic"), MAX_TOPIC_NAME_CHARS),
         original_payload=record.get("original_payload"),
-        correlation_id=correlation_id_of(record),
+        correlation_id=safe_text(correlation_id_of(record), MAX_TEXT_CHARS),
     )
 
 

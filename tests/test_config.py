@@ -151,3 +151,21 @@ def test_two_stages_sharing_a_group_are_refused_with_both_fields_named():
     with pytest.raises(ConfigError, match=r"t.yaml: stages.index.group: 'stamping-generator-group' is already "
                                           r"used by stages.stamp.group"):
         parse_config({"stages": {"index": {"group": "stamping-generator-group"}}}, "t.yaml")
+
+
+def test_a_date_like_value_is_the_text_it_looks_like(tmp_path):
+    # YAML 1.1 makes 2024-01-01 a date, which JSON (and so the schema) has no word for.
+    assert load_config(write(tmp_path, "env: 2024-01-01\n"), environ={}).env == "2024-01-01"
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_parse_config_refuses_numbers_that_are_not_finite(value):
+    with pytest.raises(ConfigError, match=r"t.yaml: exporter.stale_grace_seconds: expected a finite number"):
+        parse_config({"exporter": {"stale_grace_seconds": value}}, "t.yaml", environ={})
+
+
+def test_an_infinite_value_is_one_problem_not_two(tmp_path):
+    path = write(tmp_path, "exporter:\n  refresh_interval_seconds: .inf\n  max_series: 0\n")
+    lines = refused(path).splitlines()[1:]
+    assert lines == [f"  {path}: exporter.max_series: expected at least 1, got integer 0",
+                     f"  {path}: exporter.refresh_interval_seconds: expected a finite number, got number inf"]

@@ -270,7 +270,7 @@ def test_groups_describe_and_reset(pipeline: Config, kafka: KafkaCluster) -> Non
     assert _committed(pipeline, group) == {(topic, 0): 10, (topic, 1): 10}  # clamped to the end
     moment = datetime.fromtimestamp((t0 + 3000) / 1000, UTC).isoformat()
     assert run_cli("groups", "reset", "--config", str(config_file), "--group", group, "--topic", topic,
-                   "--to", f"timestamp:{moment}", "--execute") == 0
+                   "--to", f"timestamp:{moment}", "--execute", "--save-to", str(kafka.workdir / f"{group}.json")) == 0
     assert _committed(pipeline, group) == {(topic, 0): 3, (topic, 1): 3}
 
     active = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": group,

@@ -1,20 +1,32 @@
 """Dead letter queues: inspect one stage's DLQ, and replay its dead letters to their original topic.
 
-Replay is exactly-once against Kafka itself. A dedicated consumer group per stage
-(``treewatch-dlq-replay-<dlq topic>``) holds, per DLQ partition, the offset up to which the DLQ has
-been handled; each batch of republished records and the group's new offsets are committed in one
-Kafka transaction. A crash before the commit leaves neither (the records are aborted, invisible to
-read_committed consumers, and the offsets unchanged, so the next run does the batch again); after
-it, both. A second run starts where the first ended and replays nothing twice. The producer's
-transactional id is fixed per DLQ, so a second replay started concurrently fences the first.
+Replay is exactly-once for consumers that read with ``isolation.level=read_committed``, and only
+for them. A dedicated consumer group per stage (``treewatch-dlq-replay-<dlq topic>``) holds, per
+DLQ partition, the offset up to which the DLQ has been handled; each batch of republished records
+(``records_per_transaction``, 100 by default) and the group's new offsets are committed in one
+Kafka transaction. A crash before the commit leaves neither committed: the offsets are unchanged,
+so the next run does the batch again, and the batch's records are aborted. Aborted records stay in
+the request topic's log: read_committed consumers never see them, but read_uncommitted ones (the
+default of most Kafka clients, librdkafka and the Java client included) do, so for them every
+record of an aborted batch is a duplicate of its replay in the next run. The pipeline's
+consumers must set isolation.level=read_committed for replay to be exactly once; small batches
+keep what a crash exposes to the others small (at most one batch). After the commit, both the
+records and the offsets are there: a second run starts where the first ended and replays nothing
+twice.
+
+The producer's transactional id is fixed per DLQ (the group's name), so a second replay started
+while one runs fences the first: the first stops with ReplayFenced at its next transaction, having
+lost nothing (what it committed stays, its open batch is aborted and redone by the second).
 
 Which dead letters are handled, per DLQ partition, in offset order from the group's offset:
 
 - matching the filters (``--correlation-id``, ``--error-type``): republished, handled;
 - ``--discard-error-type`` types (e.g. FILE_NOT_FOUND, which replaying cannot fix): handled
   without republishing, counted;
-- malformed (not a JSON object, no ``original_topic``, no ``original_payload``): can never be
-  replayed; reported with their offsets and handled, so they do not block the queue;
+- unreadable or malformed (any bytes that are not a readable JSON object: too big, not UTF-8,
+  nested too deep, ...; or no ``original_topic``, no ``original_payload``): a dead letter whose
+  original payload cannot be read cannot be re-driven; reported with their offsets and reasons and
+  handled without republishing, so they do not block the queue;
 - anything else stops that partition: the contiguous prefix before it is handled, it and
   everything after it stay for a later run (with other filters). Only a prefix is ever marked
   handled, so no dead letter is passed over without the operator having asked for it.
@@ -28,17 +40,17 @@ import contextlib
 import json
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from pipeline.config import Config, Stage
-from pipeline.events import UNPARSEABLE, DeadLetter, parse_dead_letter
+from pipeline.events import DeadLetter, parse_dead_letter
 from pipeline.kafka import (
     Partition,
     admin_client,
-    fetch_watermarks,
     iter_records,
     producer,
     read_records,
@@ -46,15 +58,45 @@ from pipeline.kafka import (
     record_timestamp_seconds,
     topic_partitions,
 )
+from pipeline.kafka_errors import DEFAULT_RETRY_SECONDS, all_watermarks, partitions_of
 from tools import ToolError
 
 REPLAYED_FROM_HEADER = "treewatch-replayed-from"
-# Records republished per transaction: bounds what a crash makes the next run redo.
-TRANSACTION_BATCH = 500
+# Dead letters handled per transaction by default: what a crash inside a transaction leaves as
+# aborted records (seen as duplicates by read_uncommitted consumers) and makes the next run redo.
+RECORDS_PER_TRANSACTION = 100
+# Bytes of dead letters read per transaction at most, whatever their number: huge dead letters
+# must not make one batch hold gigabytes.
+MAX_BYTES_PER_TRANSACTION = 16 * 1024 * 1024
+# What the operator must know about the records a replay writes.
+ISOLATION_NOTE = ("exactly once only for consumers with isolation.level=read_committed: a replay killed inside a "
+                  "transaction leaves that transaction's records aborted in the topic, which read_uncommitted "
+                  "consumers (the default of most Kafka clients) read as duplicates; the pipeline's consumers "
+                  "must set isolation.level=read_committed")
+# Right after a commit the coordinator is still writing the transaction's markers and answers the
+# next transaction's first requests with CONCURRENT_TRANSACTIONS; librdkafka retries after
+# retry.backoff.ms, growing to retry.backoff.max.ms (100 ms and 1 s by default), which made small
+# transactions wait longer for that than for everything else. (The Java producer retries
+# AddPartitionsToTxn after 20 ms in this case, for the same reason.)
+_TRANSACTIONAL_SETTINGS = {"retry.backoff.ms": 10, "retry.backoff.max.ms": 100}
+# Each transaction's batch is read with an assignment of its own; a fetch left waiting at the end
+# of the DLQ (a long poll: fetch.wait.max.ms, 500 ms by default) holds up the next assignment's
+# first fetch until it returns, once per transaction.
+_READ_SETTINGS = {"fetch.wait.max.ms": 10}
+# A group coordinator moving or loading; asked again every _COORDINATOR_RETRY_SECONDS.
+_COORDINATOR_NOT_READY = frozenset({KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                                    KafkaError.COORDINATOR_NOT_AVAILABLE})
+_COORDINATOR_RETRY_SECONDS = 0.2
+# The errors a transactional producer gets once a newer one with its transactional id started.
+_FENCING_ERRORS = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH})
 
 
 class DlqToolError(ToolError):
     """A request the tool cannot carry out, phrased for the operator."""
+
+
+class ReplayFenced(DlqToolError):
+    """Another replay of the same DLQ started (same transactional id) and fenced this one."""
 
 
 def replay_group(stage: Stage) -> str:
@@ -64,8 +106,8 @@ def replay_group(stage: Stage) -> str:
 
 
 def _malformed_reason(letter: DeadLetter) -> str | None:
-    if letter.error_type == UNPARSEABLE:
-        return "not a JSON object"
+    if letter.unreadable is not None:
+        return letter.unreadable
     if not letter.original_topic:
         return "no original_topic"
     if letter.original_payload is None:
@@ -75,12 +117,14 @@ def _malformed_reason(letter: DeadLetter) -> str | None:
 
 def _dlq_partitions(config: Config, stage: Stage) -> tuple[list[Partition], Any]:
     timeout = config.kafka.request_timeout_seconds
+    deadline = time.monotonic() + DEFAULT_RETRY_SECONDS  # a leader election is waited out, not fatal
     admin = admin_client(config.kafka)
-    partitions = topic_partitions(admin, [stage.dlq_topic], timeout).get(stage.dlq_topic)
+    partitions = partitions_of(admin, [stage.dlq_topic], deadline=deadline,
+                               request_timeout=timeout).get(stage.dlq_topic)
     if not partitions:
         raise DlqToolError(f"DLQ topic {stage.dlq_topic!r} of stage {stage.name!r} does not exist")
     keys = [(stage.dlq_topic, p) for p in partitions]
-    watermarks = fetch_watermarks(admin, keys, timeout)
+    watermarks = all_watermarks(admin, keys, deadline=deadline, request_timeout=timeout)
     if watermarks.errors:
         raise DlqToolError(f"cannot read the offsets of {stage.dlq_topic}: "
                            f"{next(iter(watermarks.errors.values()))}")
@@ -99,6 +143,8 @@ class DlqSample:
     correlation_id: str | None
     error_message: str | None
     original_topic: str | None
+    size: int  # bytes of the record value
+    unreadable: str | None = None  # why the record could not be read at all
 
 
 @dataclass(frozen=True)
@@ -125,17 +171,19 @@ def inspect_dlq(config: Config, stage_name: str, limit: int | None = None, sampl
     malformed = read = 0
     consumer = reader(config.kafka)
     try:
-        for record in iter_records(consumer, watermarks.low, watermarks.high, deadline=deadline):
-            if limit is not None and read >= limit:
-                break
-            read += 1
-            letter = parse_dead_letter(record.value())
-            counts[letter.error_type] += 1
-            malformed += _malformed_reason(letter) is not None
-            if counts[letter.error_type] <= samples_per_type:
-                samples.append(DlqSample(record.partition(), record.offset(), record_timestamp_seconds(record),
-                                         letter.error_type, letter.correlation_id, letter.error_message,
-                                         letter.original_topic))
+        records = iter_records(consumer, watermarks.low, watermarks.high, deadline=deadline)
+        with contextlib.closing(records):
+            for record in records:
+                if limit is not None and read >= limit:
+                    break
+                read += 1
+                letter = parse_dead_letter(record.value())
+                counts[letter.error_type] += 1
+                malformed += _malformed_reason(letter) is not None
+                if counts[letter.error_type] <= samples_per_type:
+                    samples.append(DlqSample(record.partition(), record.offset(), record_timestamp_seconds(record),
+                                             letter.error_type, letter.correlation_id, letter.error_message,
+                                             letter.original_topic, len(record), letter.unreadable))
     finally:
         consumer.close()
     retained = sum(watermarks.high[k] - watermarks.low[k] for k in keys)
@@ -179,6 +227,8 @@ class ReplayReport:
     start: dict[int, int] = field(default_factory=dict)  # partition → offset the run started at
     end: dict[int, int] = field(default_factory=dict)  # partition → offset handled up to (exclusive)
     high_watermark: dict[int, int] = field(default_factory=dict)
+    records_per_transaction: int = RECORDS_PER_TRANSACTION
+    transactions: int = 0  # transactions committed
 
     @property
     def replayed_total(self) -> int:
@@ -199,9 +249,11 @@ class _Decision:
 
 
 def replay_dlq(config: Config, stage_name: str, replay_filter: ReplayFilter, *, limit: int | None = None,
-               dry_run: bool, timeout_seconds: float = 300.0) -> ReplayReport:
-    """Republish the stage's matching dead letters once (see the module's docstring for the rules);
-    ``dry_run`` decides the same way and changes nothing."""
+               dry_run: bool, records_per_transaction: int = RECORDS_PER_TRANSACTION,
+               timeout_seconds: float = 300.0) -> ReplayReport:
+    """Republish the stage's matching dead letters once (see the module's docstring for the rules),
+    at most ``records_per_transaction`` dead letters handled per transaction; ``dry_run`` decides
+    the same way and changes nothing. ReplayFenced when another replay of the DLQ took over."""
     stage = config.stage(stage_name)
     group = replay_group(stage)
     keys, watermarks = _dlq_partitions(config, stage)
@@ -210,17 +262,18 @@ def replay_dlq(config: Config, stage_name: str, replay_filter: ReplayFilter, *, 
     # letter topic would forge a stage's outcome instead of asking the stage again.
     request_topics = [s.request_topic for s in config.stages]
     existing_topics = set(topic_partitions(admin_client(config.kafka), request_topics, timeout))
-    report = ReplayReport(stage.name, stage.dlq_topic, group, dry_run)
+    report = ReplayReport(stage.name, stage.dlq_topic, group, dry_run, records_per_transaction=records_per_transaction)
     deadline = time.monotonic() + timeout_seconds
-    consumer = reader(config.kafka, **{"group.id": group, "isolation.level": "read_committed"})
+    consumer = reader(config.kafka, **{"group.id": group, "isolation.level": "read_committed", **_READ_SETTINGS})
     txn_producer: Producer | None = None
     try:
         if not dry_run:
             # First: starting the transactional producer fences a replay still running and aborts
             # the open transaction of one that crashed, whose pending offsets would otherwise
             # keep the committed offsets below from being read.
-            txn_producer = producer(config.kafka, **{"transactional.id": group})
-            txn_producer.init_transactions(timeout)
+            txn_producer = producer(config.kafka, **{"transactional.id": group, **_TRANSACTIONAL_SETTINGS})
+            with fencing_reported(txn_producer, report, timeout):
+                txn_producer.init_transactions(timeout)
         positions = _replay_positions(consumer, keys, watermarks.low, timeout)
         report.start = {p: positions[(t, p)] for t, p in keys}
         report.high_watermark = {p: watermarks.high[(t, p)] for t, p in keys}
@@ -230,13 +283,16 @@ def replay_dlq(config: Config, stage_name: str, replay_filter: ReplayFilter, *, 
                 raise DlqToolError(f"replay took longer than {timeout_seconds:g}s; what was committed stays "
                                    f"replayed, run again to continue")
             batch = read_records(consumer, {k: positions[k] for k in open_partitions}, watermarks.high,
-                                 deadline=deadline, max_records=TRANSACTION_BATCH)
+                                 deadline=deadline, max_records=records_per_transaction,
+                                 max_bytes=MAX_BYTES_PER_TRANSACTION)
             decisions = _decide(batch, replay_filter, existing_topics, open_partitions, report, limit)
             if not decisions:
                 break
             advanced = _handled_positions(decisions)
             if txn_producer is not None:
-                _commit_batch(txn_producer, consumer, stage, decisions, advanced, timeout)
+                with fencing_reported(txn_producer, report, timeout):
+                    _commit_batch(txn_producer, consumer, stage, decisions, advanced, timeout)
+                report.transactions += 1
             positions.update(advanced)
             _record(report, decisions)
             stopped = {(d.record.topic(), d.record.partition()) for d in decisions if d.action == "stop"}
@@ -247,16 +303,60 @@ def replay_dlq(config: Config, stage_name: str, replay_filter: ReplayFilter, *, 
     return report
 
 
+@contextlib.contextmanager
+def fencing_reported(txn_producer: Producer, report: ReplayReport, timeout: float) -> Iterator[None]:
+    """ReplayFenced instead of the Kafka error when another replay's producer fenced this one.
+
+    librdkafka names the fencing (_FENCED, or the broker's PRODUCER_FENCED / INVALID_PRODUCER_EPOCH)
+    only in the call that met it: a call after that, produce() above all, fails with a bare _FATAL,
+    and a broker has answered a fenced EndTxn with UNKNOWN. A fenced producer answers any
+    transactional call with its fatal error, so an abort (which cannot change anything a fenced
+    producer did, and undoes the batch of one that is not) tells which it is.
+    """
+    try:
+        yield
+    except KafkaException as error:
+        cause = _kafka_error(error)
+        if cause is None or cause.code() not in _FENCING_ERRORS:
+            try:
+                txn_producer.abort_transaction(timeout)
+            except KafkaException as underlying:
+                cause = _kafka_error(underlying) or cause
+        if cause is None or cause.code() not in _FENCING_ERRORS:
+            raise
+        raise ReplayFenced(
+            f"another replay holds this DLQ (transactional id {report.group}): it started after this one "
+            f"and fenced it. This run stopped after republishing {report.replayed_total} record(s), which stay "
+            f"committed; its open transaction was aborted and the other replay handles those dead letters "
+            f"({cause.str()})") from error
+
+
+def _kafka_error(error: KafkaException) -> KafkaError | None:
+    return error.args[0] if error.args and isinstance(error.args[0], KafkaError) else None
+
+
 def _replay_positions(consumer: Consumer, keys: list[Partition], log_start: dict[Partition, int],
                       timeout: float) -> dict[Partition, int]:
     """Where the replay group is in each DLQ partition: its committed offset, or the log start when it
-    has none or retention removed the records since."""
-    try:
-        committed = consumer.committed([TopicPartition(t, p) for t, p in keys], timeout=timeout)
-    except KafkaException as error:
-        raise DlqToolError(f"cannot read the replay group's offsets ({error.args[0].str()}): a replay "
-                           f"transaction may still be open (another replay running, or one that crashed; "
-                           f"a run with --confirm aborts a crashed one)") from error
+    has none or retention removed the records since.
+
+    A group coordinator that is moving or still loading its offsets (a new cluster, a broker that
+    just restarted) answers NOT_COORDINATOR and the like, which librdkafka hands back instead of
+    asking again: asked again until the request timeout is spent."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            committed = consumer.committed([TopicPartition(t, p) for t, p in keys],
+                                           timeout=max(0.1, deadline - time.monotonic()))
+            break
+        except KafkaException as error:
+            cause = _kafka_error(error)
+            if cause is not None and cause.code() in _COORDINATOR_NOT_READY and time.monotonic() < deadline:
+                time.sleep(_COORDINATOR_RETRY_SECONDS)
+                continue
+            raise DlqToolError(f"cannot read the replay group's offsets ({error.args[0].str()}): a replay "
+                               f"transaction may still be open (another replay running, or one that crashed; "
+                               f"a run with --execute aborts a crashed one)") from error
     positions = {}
     for tp in committed:
         if tp.error is not None:

@@ -1,43 +1,65 @@
-"""Consumer groups: describe one (committed offset, high watermark, lag, owner per partition) and
-move its committed offsets, the way ``kafka-consumer-groups.sh --reset-offsets`` does.
+"""Consumer groups: describe one (committed offset, high watermark, lag, owner per partition), move
+its committed offsets the way ``kafka-consumer-groups.sh --reset-offsets`` does, and undo a move.
 
-A reset is planned first (current → new per partition, nothing changed) and only executed on
-request; it is refused while the group has members, because a live consumer would overwrite the
-new offsets with its own next commit. The broker refuses such a commit too; the check here gives
-the operator the reason and the members instead of a bare error code.
+What keeps these from doing harm:
+
+- The group must exist: described by its coordinator in a state other than Dead, or named by the
+  cluster's group listing. Describing a group id the coordinator does not know gives state "Dead",
+  and committing offsets for it creates it; a misspelled name would be described as a dead group
+  and "reset" into a new one. It is refused instead, with the closest existing names.
+- A reset is planned first (current → new per partition, nothing changed) and only executed on
+  request; it is refused while the group has members, because a live consumer would overwrite the
+  new offsets with its own next commit. The broker refuses such a commit too; the check here gives
+  the operator the reason and the members instead of a bare error code.
+- Before an executed reset changes anything, the group's committed offsets on the partitions it
+  moves are saved to a file (tools.saved_offsets); ``plan_restore`` plans putting them back, the
+  undo, refused for a file of another group or another cluster.
+- Errors that pass by themselves (a leader election, a coordinator moving) are asked again until
+  the deadline (pipeline.kafka_errors), not reported as failures.
 """
 
 from __future__ import annotations
 
+import difflib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from pipeline.config import Config
-from pipeline.kafka import (
-    Partition,
-    admin_client,
-    fetch_committed_offsets,
-    fetch_watermarks,
-    group_state_name,
-    lag,
-    result_of,
-    topic_partitions,
+from pipeline.config import Config, KafkaSettings
+from pipeline.kafka import Partition, admin_client, group_state_name, lag, result_of
+from pipeline.kafka_errors import (
+    DEFAULT_RETRY_SECONDS,
+    all_watermarks,
+    as_exception,
+    committed_offsets,
+    describe_cluster,
+    error_text,
+    kafka_error_of,
+    partitions_of,
+    retry_transient,
 )
 from tools import ToolError
+from tools.saved_offsets import SavedOffsets, SavedOffsetsError, utc_now, write_saved
 
-# States in which no consumer can commit over a reset (as kafka-consumer-groups.sh requires).
-RESETTABLE_STATES = ("Empty", "Dead")
-_RETRY_BACKOFF_SECONDS = 0.2
-_COORDINATOR_NOT_READY = (KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
-                          KafkaError.COORDINATOR_NOT_AVAILABLE)
+# The only state in which no consumer can commit over a reset (as kafka-consumer-groups.sh requires).
+RESETTABLE_STATES = ("Empty",)
+# How close a name must be to be offered for a misspelled group (difflib's ratio).
+SIMILAR_NAME_CUTOFF = 0.6
 
 
 class GroupToolError(ToolError):
     """A request the tool cannot carry out, phrased for the operator."""
+
+
+class UnknownGroup(GroupToolError):
+    """The group does not exist; the message offers the closest existing names."""
+
+    exit_code = 2  # bad input: nothing was looked up or changed
 
 
 @dataclass(frozen=True)
@@ -78,26 +100,78 @@ class GroupDescription:
         return sum(p.lag or 0 for p in self.partitions)
 
 
-def group_state(admin: AdminClient, group: str, request_timeout: float) -> tuple[str, tuple[Member, ...]]:
+def _deadline(deadline: float | None) -> float:
+    return time.monotonic() + DEFAULT_RETRY_SECONDS if deadline is None else deadline
+
+
+def existing_groups(settings: KafkaSettings, *, deadline: float) -> list[str]:
+    """Every consumer group id the cluster knows. Each broker lists the groups it coordinates, so a
+    listing with a broker missing is incomplete: it is asked again rather than trusted, each time by
+    a new client, which asks only the brokers the cluster lists now (a crashed broker drops out of
+    the metadata once the controller fences it; a client knowing it from before would wait on it)."""
+
+    def attempt(timeout: float) -> list[str]:
+        admin = admin_client(settings)
+        listing = result_of(admin.list_consumer_groups(request_timeout=timeout), timeout)
+        if listing.errors:
+            raise as_exception(listing.errors[0])
+        return sorted(g.group_id for g in listing.valid)
+
+    return retry_transient(attempt, what="listing the consumer groups", deadline=deadline,
+                           request_timeout=settings.request_timeout_seconds)
+
+
+def existing_group_state(config: Config, admin: AdminClient, group: str, *, deadline: float
+                         ) -> tuple[str, tuple[Member, ...]]:
+    """State and members of ``group``; UnknownGroup, with the closest existing names, when the
+    cluster does not know it.
+
+    A state other than Dead comes from the group's coordinator, which has the group. Dead is also
+    what a coordinator that just took over says of a group it has not loaded yet, so then the
+    cluster's listing decides (an Empty group with committed offsets is listed), and a listed group
+    is asked again until its coordinator has it.
+    """
+    timeout = config.kafka.request_timeout_seconds
+    state, members = group_state(admin, group, timeout, deadline=deadline)
+    if state != "Dead":
+        return state, members
+    names = existing_groups(config.kafka, deadline=deadline)
+    if group not in names:
+        similar = difflib.get_close_matches(group, names, n=3, cutoff=SIMILAR_NAME_CUTOFF)
+        hint = (f"; did you mean {' or '.join(similar)}?" if similar
+                else f" ({len(names)} group(s) exist, none with a similar name)")
+        raise UnknownGroup(f"no such group: {group}{hint}")
+    while state == "Dead":
+        if time.monotonic() >= deadline:
+            raise GroupToolError(f"group {group} is listed, but its coordinator still describes it as Dead (it "
+                                 f"has not loaded the group yet): try again in a moment")
+        time.sleep(0.5)  # the new coordinator's loading announces nothing: look again shortly
+        state, members = group_state(admin, group, timeout, deadline=deadline)
+    return state, members
+
+
+def group_state(admin: AdminClient, group: str, request_timeout: float, *, deadline: float | None = None
+                ) -> tuple[str, tuple[Member, ...]]:
     """The group's state name and members; a group the coordinator does not know is "Dead".
 
     A coordinator that is moving or still loading (NOT_COORDINATOR, COORDINATOR_LOAD_IN_PROGRESS,
-    common right after a broker starts) is asked again until ``request_timeout`` has passed.
+    common right after a broker starts) is asked again until ``deadline``.
     """
-    deadline = time.monotonic() + request_timeout
-    while True:
-        future = admin.describe_consumer_groups([group], request_timeout=request_timeout)[group]
+
+    def attempt(timeout: float):
+        future = admin.describe_consumer_groups([group], request_timeout=timeout)[group]
         try:
-            description = result_of(future, request_timeout)
-            break
+            return result_of(future, timeout)
         except KafkaException as error:
-            reason = error.args[0] if error.args else None
-            if isinstance(reason, KafkaError) and reason.code() == KafkaError.GROUP_ID_NOT_FOUND:
-                return "Dead", ()
-            if not (isinstance(reason, KafkaError) and reason.code() in _COORDINATOR_NOT_READY
-                    and time.monotonic() < deadline):
-                raise
-            time.sleep(_RETRY_BACKOFF_SECONDS)  # the coordinator gives no event to wait on
+            reason = kafka_error_of(error)
+            if reason is not None and reason.code() == KafkaError.GROUP_ID_NOT_FOUND:
+                return None
+            raise
+
+    description = retry_transient(attempt, what=f"describing group {group!r}", deadline=_deadline(deadline),
+                                  request_timeout=request_timeout)
+    if description is None:
+        return "Dead", ()
     members = tuple(
         Member(m.member_id, m.client_id, m.host,
                tuple((tp.topic, tp.partition) for tp in (m.assignment.topic_partitions if m.assignment else ())))
@@ -105,14 +179,15 @@ def group_state(admin: AdminClient, group: str, request_timeout: float) -> tuple
     return group_state_name(description.state), members
 
 
-def describe_group(config: Config, group: str) -> GroupDescription:
+def describe_group(config: Config, group: str, *, deadline: float | None = None) -> GroupDescription:
     timeout = config.kafka.request_timeout_seconds
+    deadline = _deadline(deadline)
     admin = admin_client(config.kafka)
-    state, members = group_state(admin, group, timeout)
-    committed = _committed(admin, group, timeout)
+    state, members = existing_group_state(config, admin, group, deadline=deadline)
+    committed = committed_offsets(admin, group, deadline=deadline, request_timeout=timeout)
     owners = {tp: m.member_id for m in members for tp in m.assigned}
     keys = sorted(set(committed) | set(owners))
-    watermarks = fetch_watermarks(admin, keys, timeout) if keys else None
+    watermarks = all_watermarks(admin, keys, deadline=deadline, request_timeout=timeout) if keys else None
     partitions = tuple(
         PartitionPosition(topic, partition, committed.get((topic, partition)),
                           watermarks.high.get((topic, partition)) if watermarks else None,
@@ -120,13 +195,6 @@ def describe_group(config: Config, group: str) -> GroupDescription:
                           owners.get((topic, partition)))
         for topic, partition in keys)
     return GroupDescription(group, state, members, partitions)
-
-
-def _committed(admin: AdminClient, group: str, timeout: float) -> dict[Partition, int]:
-    result = fetch_committed_offsets(admin, [group], timeout, concurrency=1)[group]
-    if isinstance(result, BaseException):
-        raise result
-    return result
 
 
 # -- resetting -------------------------------------------------------------------------------------
@@ -157,6 +225,14 @@ class ResetTarget:
             return cls("timestamp", timestamp_ms=int(moment.timestamp() * 1000))
         raise ValueError(f"{text!r}: expected earliest, latest, offset:N or timestamp:ISO-8601")
 
+    def __str__(self) -> str:
+        if self.kind == "offset":
+            return f"offset:{self.offset}"
+        if self.kind == "timestamp":
+            moment = datetime.fromtimestamp(self.timestamp_ms / 1000, UTC)
+            return f"timestamp:{moment.isoformat(timespec='milliseconds').replace('+00:00', 'Z')}"
+        return self.kind
+
 
 @dataclass(frozen=True)
 class PlannedReset:
@@ -171,11 +247,19 @@ class PlannedReset:
 @dataclass(frozen=True)
 class ResetPlan:
     group: str
-    topic: str
-    target: ResetTarget
+    description: str  # in words: "of <topic> to earliest", "back to the offsets saved in <file> ..."
     state: str
     members: tuple[Member, ...]
     partitions: tuple[PlannedReset, ...]
+    cluster_id: str
+    bootstrap_servers: str
+    # Restoring: partitions the saved file shows without a committed offset. Kafka's admin API
+    # offers no way to remove a committed offset here, so they are left as they are.
+    not_restorable: tuple[Partition, ...] = ()
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        return tuple(sorted({p.topic for p in self.partitions}))
 
 
 @dataclass(frozen=True)
@@ -183,9 +267,15 @@ class ResetResult:
     plan: ResetPlan
     # Partitions whose committed offset read back after the reset differs from the plan.
     mismatched: dict[Partition, int | None]
+    saved_to: Path | None  # where the offsets before the reset were saved
 
 
-def plan_reset(config: Config, group: str, topic: str, target: ResetTarget) -> ResetPlan:
+def cluster_id(config: Config, *, deadline: float) -> str:
+    return describe_cluster(config.kafka, deadline=deadline).cluster_id
+
+
+def plan_reset(config: Config, group: str, topic: str, target: ResetTarget, *, deadline: float | None = None
+               ) -> ResetPlan:
     """Current and new committed offset of every partition of ``topic``; changes nothing.
 
     An ``offset:N`` outside a partition's retained range is clamped into it (log start … high
@@ -193,61 +283,126 @@ def plan_reset(config: Config, group: str, topic: str, target: ResetTarget) -> R
     watermark.
     """
     timeout = config.kafka.request_timeout_seconds
+    deadline = _deadline(deadline)
     admin = admin_client(config.kafka)
-    partitions = topic_partitions(admin, [topic], timeout).get(topic)
+    existing_group_state(config, admin, group, deadline=deadline)  # a misspelled group is said first
+    partitions = partitions_of(admin, [topic], deadline=deadline, request_timeout=timeout).get(topic)
     if not partitions:
         raise GroupToolError(f"topic {topic!r} does not exist")
     keys = [(topic, p) for p in partitions]
-    watermarks = fetch_watermarks(admin, keys, timeout)
+    at_time = (_offsets_for_time(admin, keys, target.timestamp_ms, deadline=deadline, request_timeout=timeout)
+               if target.kind == "timestamp" else {})
+
+    def new_offset(key: Partition, low: int, high: int) -> int:
+        if target.kind == "earliest":
+            return low
+        if target.kind == "latest":
+            return high
+        if target.kind == "offset":
+            return min(max(target.offset, low), high)
+        return high if at_time[key] < 0 else at_time[key]
+
+    return _plan(config, admin, group, keys, new_offset, f"of {topic} to {target}", deadline=deadline)
+
+
+def plan_restore(config: Config, group: str, saved: SavedOffsets, *, source: str,
+                 deadline: float | None = None) -> ResetPlan:
+    """The offsets ``saved`` (read from ``source``) as a plan: the undo of the reset they preceded.
+    Refused for a file of another group or another cluster, or naming partitions that are gone."""
+    timeout = config.kafka.request_timeout_seconds
+    deadline = _deadline(deadline)
+    admin = admin_client(config.kafka)
+    if saved.group != group:
+        raise SavedOffsetsError(f"{source} holds the offsets of group {saved.group!r}, not of {group!r}: refused")
+    here = cluster_id(config, deadline=deadline)
+    if saved.cluster_id != here:
+        raise SavedOffsetsError(f"{source} was saved on cluster {saved.cluster_id} ({saved.bootstrap_servers}); "
+                                f"this is cluster {here} ({config.kafka.bootstrap_servers}): refused")
+    existing_group_state(config, admin, group, deadline=deadline)
+    topics = sorted({topic for topic, _ in saved.offsets})
+    existing = partitions_of(admin, topics, deadline=deadline, request_timeout=timeout)
+    gone = [f"{t}[{p}]" for t, p in sorted(saved.offsets) if p not in existing.get(t, ())]
+    if gone:
+        raise GroupToolError(f"{source} names partitions that do not exist (any more): {', '.join(gone[:10])}")
+    restorable = sorted(key for key, offset in saved.offsets.items() if offset is not None)
+    not_restorable = tuple(sorted(key for key, offset in saved.offsets.items() if offset is None))
+    return _plan(config, admin, group, restorable, lambda key, low, high: saved.offsets[key],
+                 f"back to the offsets saved in {source} at {saved.saved_at} (before the {saved.saved_before})",
+                 deadline=deadline, not_restorable=not_restorable)
+
+
+def _plan(config: Config, admin: AdminClient, group: str, keys: list[Partition], new_offset, description: str, *,
+          deadline: float, not_restorable: tuple[Partition, ...] = ()) -> ResetPlan:
+    timeout = config.kafka.request_timeout_seconds
+    watermarks = all_watermarks(admin, keys, deadline=deadline, request_timeout=timeout)
     if watermarks.errors:
         unread = ", ".join(f"{t}[{p}]" for t, p in sorted(watermarks.errors))
-        raise GroupToolError(f"cannot read the offsets of {unread}: {next(iter(watermarks.errors.values()))}")
-    at_time = _offsets_for_time(admin, keys, target.timestamp_ms, timeout) if target.kind == "timestamp" else {}
-    state, members = group_state(admin, group, timeout)
-    committed = _committed(admin, group, timeout)
+        raise GroupToolError(f"cannot read the offsets of {unread}: "
+                             f"{error_text(next(iter(watermarks.errors.values())))}")
+    state, members = existing_group_state(config, admin, group, deadline=deadline)
+    committed = committed_offsets(admin, group, deadline=deadline, request_timeout=timeout)
     planned = []
     for key in keys:
         low, high = watermarks.low[key], watermarks.high[key]
-        if target.kind == "earliest":
-            new = low
-        elif target.kind == "latest":
-            new = high
-        elif target.kind == "offset":
-            new = min(max(target.offset, low), high)
-        else:
-            found = at_time[key]
-            new = high if found < 0 else found
-        planned.append(PlannedReset(key[0], key[1], committed.get(key), new, low, high))
-    return ResetPlan(group, topic, target, state, members, tuple(planned))
+        planned.append(PlannedReset(key[0], key[1], committed.get(key), new_offset(key, low, high), low, high))
+    return ResetPlan(group, description, state, members, tuple(planned),
+                     cluster_id(config, deadline=deadline),
+                     config.kafka.bootstrap_servers, not_restorable)
 
 
-def _offsets_for_time(admin: AdminClient, keys: list[Partition], timestamp_ms: int, timeout: float
-                      ) -> dict[Partition, int]:
-    futures = admin.list_offsets({TopicPartition(t, p): OffsetSpec.for_timestamp(timestamp_ms) for t, p in keys},
-                                 request_timeout=timeout)
-    return {(tp.topic, tp.partition): result_of(future, timeout).offset for tp, future in futures.items()}
+def _offsets_for_time(admin: AdminClient, keys: list[Partition], timestamp_ms: int, *, deadline: float,
+                      request_timeout: float) -> dict[Partition, int]:
+    def attempt(timeout: float) -> dict[Partition, int]:
+        futures = admin.list_offsets({TopicPartition(t, p): OffsetSpec.for_timestamp(timestamp_ms) for t, p in keys},
+                                     request_timeout=timeout)
+        return {(tp.topic, tp.partition): result_of(future, timeout).offset for tp, future in futures.items()}
+
+    return retry_transient(attempt, what="finding the offsets for the time", deadline=deadline,
+                           request_timeout=request_timeout)
 
 
-def execute_reset(config: Config, plan: ResetPlan) -> ResetResult:
-    """Commit the plan's offsets for the group, then read them back.
+def execute_reset(config: Config, plan: ResetPlan, *, save_to: Path | None = None, deadline: float | None = None,
+                  on_saved: Callable[[Path], None] | None = None) -> ResetResult:
+    """Save the group's current offsets of the plan's partitions to ``save_to`` (when given: the
+    command line always gives it; ``on_saved`` is told once the file is durable, before anything
+    changes), commit the plan's offsets, then read them back.
 
-    Refused unless the group is Empty or Dead right now (checked again, not taken from the plan).
+    Refused unless the group is Empty right now (checked again, not taken from the plan). The
+    offsets saved are read now too, so the file undoes exactly this reset.
     """
     timeout = config.kafka.request_timeout_seconds
+    deadline = _deadline(deadline)
     admin = admin_client(config.kafka)
-    state, members = group_state(admin, plan.group, timeout)
+    state, members = existing_group_state(config, admin, plan.group, deadline=deadline)
     if state not in RESETTABLE_STATES:
         who = ", ".join(f"{m.client_id}@{m.host}" for m in members) or "none listed"
         raise GroupToolError(f"group {plan.group!r} is {state} with {len(members)} member(s) ({who}); "
                              f"stop its consumers first: a live consumer would commit over the reset")
+    if not plan.partitions:
+        return ResetResult(plan, {}, None)  # nothing to change, so nothing to save either
+    if save_to is not None:
+        before = committed_offsets(admin, plan.group, deadline=deadline, request_timeout=timeout)
+        saved_at = utc_now().isoformat().replace("+00:00", "Z")
+        write_saved(save_to, SavedOffsets(plan.group, plan.cluster_id, plan.bootstrap_servers, saved_at,
+                                          f"reset {plan.description}",
+                                          {(p.topic, p.partition): before.get((p.topic, p.partition))
+                                           for p in plan.partitions}))
+        if on_saved is not None:
+            on_saved(save_to)
     request = ConsumerGroupTopicPartitions(
         plan.group, [TopicPartition(p.topic, p.partition, p.new) for p in plan.partitions])
-    future = admin.alter_consumer_group_offsets([request], request_timeout=timeout)[plan.group]
-    answer = result_of(future, timeout)
+
+    def alter(attempt_timeout: float):
+        future = admin.alter_consumer_group_offsets([request], request_timeout=attempt_timeout)[plan.group]
+        return result_of(future, attempt_timeout)
+
+    # Committing the same offsets again is harmless, so an answer lost in an election is simply asked again.
+    answer = retry_transient(alter, what=f"committing the new offsets of {plan.group!r}", deadline=deadline,
+                             request_timeout=timeout)
     failed = [f"{tp.topic}[{tp.partition}]: {tp.error.str()}" for tp in answer.topic_partitions if tp.error]
     if failed:
         raise GroupToolError(f"the broker refused the reset of {plan.group!r}: {'; '.join(failed)}")
-    committed = _committed(admin, plan.group, timeout)
+    committed = committed_offsets(admin, plan.group, deadline=deadline, request_timeout=timeout)
     mismatched = {(p.topic, p.partition): committed.get((p.topic, p.partition)) for p in plan.partitions
                   if committed.get((p.topic, p.partition)) != p.new}
-    return ResetResult(plan, mismatched)
+    return ResetResult(plan, mismatched, save_to)

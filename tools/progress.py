@@ -15,11 +15,16 @@ carry the correlation id:
 The run is complete when the finished files reach the discovered count, or at once when discovery
 itself failed. Files are told apart by their ``file_path``, so a record the pipeline writes twice
 (at-least-once delivery) is not a second file.
+
+Everything happens before one deadline, the tool's --timeout: errors that pass by themselves (a
+leader election after a broker failed, a coordinator loading) are asked again until then, and the
+request is given until then to be written, however long the election takes.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -35,13 +40,14 @@ from pipeline.kafka import (
     Partition,
     admin_client,
     fetch_committed_offsets,
-    fetch_watermarks,
     producer,
     reader,
     record_timestamp_seconds,
-    topic_partitions,
 )
+from pipeline.kafka_errors import DEFAULT_RETRY_SECONDS, RetriesExhausted, all_watermarks, error_text, partitions_of
 from tools import ToolError
+
+log = logging.getLogger("treewatch.progress")
 
 DISCOVER, STAMP, INDEX = "discover", "stamp", "index"
 FOLLOWED_ROLES = ("completed", "failed", "dlq")
@@ -113,11 +119,13 @@ def _file_path(message: Message, role: str) -> str | None:
 
 
 class ProgressFollower:
-    """``with ProgressFollower(config, cid) as follower:`` start() before publishing, then wait()."""
+    """``with ProgressFollower(config, cid, deadline) as follower:`` start() before publishing, then wait()."""
 
-    def __init__(self, config: Config, correlation_id: str) -> None:
+    def __init__(self, config: Config, correlation_id: str, deadline: float | None = None) -> None:
         self.config = config
         self.correlation_id = correlation_id
+        # Until when (time.monotonic()) start() asks again for partitions that have no leader yet.
+        self.deadline = deadline
         self._roles = {topic: (stage.name, role) for topic, (stage, role) in config.pipeline_topics.items()
                        if role in FOLLOWED_ROLES}
         self._consumer = None
@@ -137,10 +145,12 @@ class ProgressFollower:
 
     def start(self) -> ProgressFollower:
         """Take every followed partition's high watermark and read from there: only records written
-        after this call are counted, so call it before publishing the request."""
+        after this call are counted, so call it before publishing the request. Partitions without a
+        leader for the moment are asked again until the deadline."""
         timeout = self.config.kafka.request_timeout_seconds
+        deadline = time.monotonic() + DEFAULT_RETRY_SECONDS if self.deadline is None else self.deadline
         admin = admin_client(self.config.kafka)
-        partitions = topic_partitions(admin, self._roles, timeout)
+        partitions = partitions_of(admin, self._roles, deadline=deadline, request_timeout=timeout)
         required = [self.config.stage(DISCOVER).completed_topic, self.config.stage(INDEX).completed_topic]
         absent = [topic for topic in required if topic not in partitions]
         if absent:
@@ -148,10 +158,10 @@ class ProgressFollower:
                             f"{self.config.kafka.bootstrap_servers}?")
         self.missing_topics = tuple(sorted(set(self._roles) - set(partitions)))
         keys = [(topic, p) for topic, ids in partitions.items() for p in ids]
-        watermarks = fetch_watermarks(admin, keys, timeout)
+        watermarks = all_watermarks(admin, keys, deadline=deadline, request_timeout=timeout)
         if watermarks.errors:
             (topic, partition), error = next(iter(watermarks.errors.items()))
-            raise ToolError(f"cannot read where {topic}[{partition}] ends: {error}")
+            raise ToolError(f"cannot read where {topic}[{partition}] ends: {error_text(error)}")
         self._positions = dict(watermarks.high)
         self._consumer = reader(self.config.kafka)
         self._consumer.assign([TopicPartition(t, p, offset) for (t, p), offset in self._positions.items()])
@@ -261,23 +271,32 @@ class ProgressFollower:
         commits the request, but they reach Kafka one by one, so the last file's outcome can be seen
         before its companions. Wait (up to ``timeout_seconds``) until every stage's group has
         committed past the requests written so far, then read every followed partition to its end
-        (again up to ``timeout_seconds``).
+        (again up to ``timeout_seconds``). The run is complete already: when Kafka cannot tell where
+        the topics end within that time, the counts so far stand (and a warning says so).
         """
+        try:
+            return self._settle(timeout_seconds)
+        except RetriesExhausted as error:
+            log.warning("the counts may miss the last records: %s", error)
+            return self.progress()
+
+    def _settle(self, timeout_seconds: float) -> Progress:
         timeout = self.config.kafka.request_timeout_seconds
         admin = admin_client(self.config.kafka)
-        requests = topic_partitions(admin, [s.request_topic for s in self.config.stages], timeout)
-        keys = [(topic, p) for topic, ids in requests.items() for p in ids]
-        written = fetch_watermarks(admin, keys, timeout).high
-        group_of = {stage.request_topic: stage.group for stage in self.config.stages}
         until = time.monotonic() + timeout_seconds
+        requests = partitions_of(admin, [s.request_topic for s in self.config.stages], deadline=until,
+                                 request_timeout=timeout)
+        keys = [(topic, p) for topic, ids in requests.items() for p in ids]
+        written = all_watermarks(admin, keys, deadline=until, request_timeout=timeout).high
+        group_of = {stage.request_topic: stage.group for stage in self.config.stages}
         while time.monotonic() < until:
             committed = fetch_committed_offsets(admin, set(group_of.values()), timeout, concurrency=4)
             if all(self._committed_past(committed.get(group_of[topic]), (topic, p), end)
                    for (topic, p), end in written.items()):
                 break
             self.poll(min(POLL_SECONDS, max(0.0, until - time.monotonic())))
-        ends = fetch_watermarks(admin, list(self._positions), timeout).high
         until = time.monotonic() + timeout_seconds
+        ends = all_watermarks(admin, list(self._positions), deadline=until, request_timeout=timeout).high
         while time.monotonic() < until and any(self._positions[key] < end for key, end in ends.items()):
             self.poll(min(POLL_SECONDS, max(0.0, until - time.monotonic())))
         return self.progress()
@@ -289,12 +308,19 @@ class ProgressFollower:
         return isinstance(offsets, dict) and offsets.get(key, -1) >= end
 
 
-def publish_discovery_request(config: Config, request: dict[str, Any]) -> float:
+def publish_discovery_request(config: Config, request: dict[str, Any], deadline: float | None = None) -> float:
     """Write ``request`` (see pipeline.events.discovery_request) to the discover stage's request
     topic with an idempotent producer and wait until Kafka confirms it; returns the record's
-    timestamp (seconds since the epoch), the start of every file's end-to-end latency."""
+    timestamp (seconds since the epoch), the start of every file's end-to-end latency.
+
+    The producer retries by itself (a leader election, a broker restarting) for as long as
+    message.timeout.ms allows: that is the time left before ``deadline`` (time.monotonic()), at
+    least the request timeout. Being idempotent, its retries never write the request twice.
+    """
     topic = config.stage(DISCOVER).request_topic
     timeout = config.kafka.request_timeout_seconds
+    if deadline is not None:
+        timeout = max(timeout, deadline - time.monotonic())
     sent_at = time.time()
     outcome: dict[str, Any] = {}
 
@@ -332,12 +358,13 @@ def follow_request(config: Config, request: dict[str, Any], timeout_seconds: flo
     """Publish a discovery request and follow it until complete or ``timeout_seconds`` have passed;
     ``on_progress`` is called once when the request is written, then with every change."""
     correlation_id = request["payload"]["correlation_id"]
-    with ProgressFollower(config, correlation_id) as follower:
+    deadline = time.monotonic() + timeout_seconds
+    with ProgressFollower(config, correlation_id, deadline) as follower:
         started = time.monotonic()
-        requested_at = publish_discovery_request(config, request)
+        requested_at = publish_discovery_request(config, request, deadline)
         if on_progress is not None:
             on_progress(follower.progress())  # published: nothing counted yet
-        progress = follower.wait(started + timeout_seconds, on_progress)
+        progress = follower.wait(deadline, on_progress)
         elapsed = time.monotonic() - started
         if progress.done:
             progress = follower.settle()

@@ -3,17 +3,29 @@ dead letters retained per stage, each read from the source of truth (health endp
 metadata, committed offsets against high watermarks, DLQ watermarks).
 
 Every part is gathered even when another fails, so one down broker or service never hides the
-rest; ``Status.problems`` lists what makes the pipeline unhealthy (the command's exit code).
+rest; ``Status.problems`` lists what makes the pipeline unhealthy (the command's exit code). A
+cluster that cannot be reached at all is described once (what answers at the bootstrap address,
+pipeline.kafka_probe); errors that pass by themselves, such as a leader election, are asked again
+until the deadline.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from pipeline import health
 from pipeline.config import Config
-from pipeline.kafka import admin_client, fetch_watermarks, result_of, topic_partitions
-from tools.groups import describe_group
+from pipeline.kafka import admin_client
+from pipeline.kafka_errors import (
+    DEFAULT_RETRY_SECONDS,
+    all_watermarks,
+    describe_cluster,
+    error_text,
+    partitions_of,
+)
+from pipeline.kafka_probe import KafkaUnreachable, check_reachable
+from tools.groups import UnknownGroup, describe_group
 
 
 @dataclass(frozen=True)
@@ -33,6 +45,7 @@ class GroupLag:
     lag: int | None  # summed over the partitions with a committed offset
     partitions_without_commit: int  # partitions of the request topic the group never committed on
     error: str | None = None
+    exists: bool = True  # False: Kafka knows no such group (the stage never committed)
 
 
 @dataclass(frozen=True)
@@ -69,56 +82,68 @@ class Status:
 
     @property
     def warnings(self) -> list[str]:
-        return [f"dlq {d.stage}: {d.retained} dead letters retained" for d in self.dlqs if d.retained]
+        absent = [f"group {g.group} does not exist: the {g.stage} stage has never committed"
+                  for g in self.groups if not g.exists]
+        return absent + [f"dlq {d.stage}: {d.retained} dead letters retained" for d in self.dlqs if d.retained]
 
 
-def gather_status(config: Config) -> Status:
+def gather_status(config: Config, *, deadline: float | None = None) -> Status:
+    """Everything the quick status check shows; Kafka reads retry passing errors until ``deadline``
+    (time.monotonic(); default DEFAULT_RETRY_SECONDS from now)."""
+    deadline = time.monotonic() + DEFAULT_RETRY_SECONDS if deadline is None else deadline
     services = tuple(health.probe_all([health.Target(s.name, s.url) for s in config.services],
                                       timeout_seconds=config.exporter.health_timeout_seconds,
                                       max_body_bytes=config.exporter.health_max_body_bytes))
-    cluster = _cluster(config)
+    cluster = _cluster(config, deadline)
     if cluster.error:
         unreachable = "not read: Kafka unreachable"
         groups = tuple(GroupLag(s.name, s.group, None, 0, None, 0, unreachable) for s in config.stages)
         dlqs = tuple(DlqDepth(s.name, s.dlq_topic, None, unreachable) for s in config.stages)
         return Status(services, cluster, groups, dlqs)
-    return Status(services, cluster, tuple(_group_lag(config, s) for s in config.stages), _dlq_depths(config))
+    return Status(services, cluster, tuple(_group_lag(config, s, deadline) for s in config.stages),
+                  _dlq_depths(config, deadline))
 
 
-def _cluster(config: Config) -> ClusterStatus:
-    timeout = config.kafka.request_timeout_seconds
-    admin = admin_client(config.kafka)  # referenced until the future resolves: a dropped client cancels it
+def _cluster(config: Config, deadline: float) -> ClusterStatus:
     try:
-        description = result_of(admin.describe_cluster(request_timeout=timeout), timeout)
-    except Exception as error:  # KafkaException or TimeoutError: the cluster is what is unhealthy
-        return ClusterStatus(None, None, (), f"cluster unreachable: {error}")
+        check_reachable(config)  # what the other tools check first, with the same description
+    except KafkaUnreachable as unreachable:
+        return ClusterStatus(None, None, (), str(unreachable))
+    try:
+        description = describe_cluster(config.kafka, deadline=deadline)
+    except Exception as error:  # KafkaException, TimeoutError: the cluster is what is unhealthy
+        return ClusterStatus(None, None, (), f"the cluster does not answer: {error_text(error)}")
     controller = description.controller.id if description.controller is not None else None
     brokers = tuple(f"{node.id} {node.host}:{node.port}" for node in sorted(description.nodes, key=lambda n: n.id))
     return ClusterStatus(description.cluster_id, controller, brokers)
 
 
-def _group_lag(config: Config, stage) -> GroupLag:
+def _group_lag(config: Config, stage, deadline: float) -> GroupLag:
+    timeout = config.kafka.request_timeout_seconds
     try:
-        described = describe_group(config, stage.group)
-        partitions = topic_partitions(admin_client(config.kafka), [stage.request_topic],
-                                      config.kafka.request_timeout_seconds).get(stage.request_topic, [])
+        partitions = partitions_of(admin_client(config.kafka), [stage.request_topic], deadline=deadline,
+                                   request_timeout=timeout).get(stage.request_topic, [])
+        described = describe_group(config, stage.group, deadline=deadline)
+    except UnknownGroup:
+        return GroupLag(stage.name, stage.group, None, 0, None, len(partitions), exists=False)
     except Exception as error:  # this group only; the others are still read
-        return GroupLag(stage.name, stage.group, None, 0, None, 0, str(error))
+        return GroupLag(stage.name, stage.group, None, 0, None, 0, error_text(error))
     committed = {(p.topic, p.partition) for p in described.partitions if p.committed is not None}
     without = sum(1 for p in partitions if (stage.request_topic, p) not in committed)
     lag = sum(p.lag for p in described.partitions if p.lag is not None) if committed else None
     return GroupLag(stage.name, stage.group, described.state, len(described.members), lag, without)
 
 
-def _dlq_depths(config: Config) -> tuple[DlqDepth, ...]:
+def _dlq_depths(config: Config, deadline: float) -> tuple[DlqDepth, ...]:
     timeout = config.kafka.request_timeout_seconds
     admin = admin_client(config.kafka)
     try:
-        partitions = topic_partitions(admin, [s.dlq_topic for s in config.stages], timeout)
+        partitions = partitions_of(admin, [s.dlq_topic for s in config.stages], deadline=deadline,
+                                   request_timeout=timeout)
         keys = [(topic, p) for topic, ids in partitions.items() for p in ids]
-        watermarks = fetch_watermarks(admin, keys, timeout)
+        watermarks = all_watermarks(admin, keys, deadline=deadline, request_timeout=timeout)
     except Exception as error:
-        return tuple(DlqDepth(s.name, s.dlq_topic, None, str(error)) for s in config.stages)
+        return tuple(DlqDepth(s.name, s.dlq_topic, None, error_text(error)) for s in config.stages)
     depths = []
     for stage in config.stages:
         keys = [(stage.dlq_topic, p) for p in partitions.get(stage.dlq_topic, [])]

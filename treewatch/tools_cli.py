@@ -1,6 +1,7 @@
 """The operator tools' subcommands (status, trace, dlq, groups, bench, reindex): argument parsing and
 output only;
-the work lives in ``tools``. Exit codes: 0 all well, 1 something unhealthy or refused, 2 bad input."""
+the work lives in ``tools``. Exit codes: 0 all well, 1 something unhealthy or refused, 2 bad input
+(a misspelled group, an unusable saved offsets file), 141 output cut short by its reader (``| head``)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ def add_tool_commands(sub: argparse._SubParsersAction) -> None:
                                            "DLQ depth (exit 1 when something is unhealthy)")
     add_config_option(status)
     status.add_argument("--json", action="store_true", help="print one JSON document")
-    status.set_defaults(run=_guarded(_status))
+    _add_retry_timeout(status)
+    # Status reports an unreachable cluster itself, beside the services' health it still shows.
+    status.set_defaults(run=_guarded(_status, reach_cluster_first=False))
 
     trace = sub.add_parser("trace", help="every record of one correlation id across all stage topics, in "
                                          "time order")
@@ -44,13 +47,17 @@ def add_tool_commands(sub: argparse._SubParsersAction) -> None:
 
     replay = dlq_sub.add_parser(
         "replay", help="republish dead letters' original_payload to their original_topic, once",
-        description="Republishes each handled dead letter exactly once: records and the replay group's "
-                    "offsets (treewatch-dlq-replay-<dlq topic>) are committed in one Kafka transaction, so a "
-                    "crash loses or repeats nothing and a second run does not replay again. Per DLQ "
-                    "partition, in order: matching dead letters are republished, --discard-error-type "
-                    "ones and malformed ones are marked handled without republishing (and reported); the "
-                    "first dead letter that does not match stops that partition, so only a contiguous "
-                    "prefix is ever marked handled.")
+        description="Republishes each handled dead letter once: records and the replay group's offsets "
+                    "(treewatch-dlq-replay-<dlq topic>) are committed in Kafka transactions, so a crash loses "
+                    "nothing and a second run does not replay again. That is exactly once only for consumers "
+                    "with isolation.level=read_committed: a run killed inside a transaction leaves its records "
+                    "aborted in the topic, and read_uncommitted consumers (the default of most clients) read "
+                    "them as duplicates; --records-per-transaction bounds how many. Per DLQ partition, in "
+                    "order: matching dead letters are republished, --discard-error-type ones and unreadable "
+                    "or malformed ones (whose original payload cannot be re-driven) are marked handled "
+                    "without republishing and listed with their offsets; the first dead letter that does not "
+                    "match stops that partition, so only a contiguous prefix is ever marked handled. A second "
+                    "replay of the same DLQ started meanwhile fences this one, which then exits 1.")
     add_config_option(replay)
     replay.add_argument("--stage", required=True)
     replay.add_argument("--correlation-id", help="replay only dead letters of this correlation id")
@@ -59,9 +66,17 @@ def add_tool_commands(sub: argparse._SubParsersAction) -> None:
                         help="mark dead letters of this type handled without republishing, whatever the "
                              "other filters (e.g. FILE_NOT_FOUND; repeatable)")
     replay.add_argument("--limit", type=_positive_int, help="republish at most this many in this run")
+    from tools.dlq import RECORDS_PER_TRANSACTION
+
+    replay.add_argument("--records-per-transaction", type=_positive_int, default=RECORDS_PER_TRANSACTION,
+                        metavar="N", help="dead letters handled per transaction (default %(default)s): a run "
+                                          "killed inside one leaves at most N aborted records, duplicates to "
+                                          "read_uncommitted consumers")
     mode = replay.add_mutually_exclusive_group(required=True)
     mode.add_argument("--dry-run", action="store_true", help="show what would happen; change nothing")
-    mode.add_argument("--confirm", action="store_true", help="republish for real")
+    mode.add_argument("--execute", dest="confirm", action="store_true", help="republish for real")
+    # One documented spelling for "really do it", as groups reset has; the first spelling still works.
+    mode.add_argument("--confirm", dest="confirm", action="store_true", help=argparse.SUPPRESS)
     replay.set_defaults(run=_guarded(_dlq_replay))
 
     groups = sub.add_parser("groups", help="describe a consumer group or reset its offsets")
@@ -70,19 +85,36 @@ def add_tool_commands(sub: argparse._SubParsersAction) -> None:
     add_config_option(describe)
     describe.add_argument("--group", required=True)
     describe.add_argument("--json", action="store_true", help="print one JSON document")
+    _add_retry_timeout(describe)
     describe.set_defaults(run=_guarded(_groups_describe))
 
-    reset = groups_sub.add_parser("reset", help="move a group's committed offsets on a topic (dry run unless "
-                                                "--execute)")
+    reset = groups_sub.add_parser(
+        "reset", help="move a group's committed offsets on a topic, or put back saved ones (dry run unless "
+                      "--execute)",
+        description="Plans the move (current -> new offset per partition) and changes nothing unless --execute "
+                    "is given. The group must exist and have no members. Before changing anything, --execute "
+                    "saves the group's current offsets of those partitions to a file (--save-to, by default "
+                    "./treewatch-reset-<group>-<UTC time>.json, never overwritten); `--from-file` with that "
+                    "file puts them back: the undo. The file is JSON, format treewatch-group-offsets version 1 "
+                    "(docs/saved-offsets.md); a file of another group or another cluster is refused.")
     add_config_option(reset)
     reset.add_argument("--group", required=True)
-    reset.add_argument("--topic", required=True)
-    reset.add_argument("--to", required=True, type=_reset_target, metavar="TARGET",
-                       help="earliest, latest, offset:N (clamped to the retained range) or timestamp:ISO-8601 "
-                            "(UTC when no zone is given)")
+    reset.add_argument("--topic", help="the topic whose offsets to move (with --to)")
+    target = reset.add_mutually_exclusive_group(required=True)
+    target.add_argument("--to", type=_reset_target, metavar="TARGET",
+                        help="earliest, latest, offset:N (clamped to the retained range) or timestamp:ISO-8601 "
+                             "(UTC when no zone is given)")
+    target.add_argument("--from-file", metavar="FILE",
+                        help="put back the offsets an earlier reset saved in FILE (the undo of that reset)")
+    reset.add_argument("--save-to", metavar="FILE",
+                       help="save the current offsets here before changing them (default "
+                            "./treewatch-reset-<group>-<UTC time>.json)")
     reset.add_argument("--execute", action="store_true",
-                       help="apply the reset (refused unless the group is Empty or Dead)")
-    reset.set_defaults(run=_guarded(_groups_reset))
+                       help="apply the reset (refused unless the group is Empty)")
+    # One spelling is documented for "really do it"; dlq replay's --confirm is accepted here too.
+    reset.add_argument("--confirm", dest="execute", action="store_true", help=argparse.SUPPRESS)
+    _add_retry_timeout(reset)
+    reset.set_defaults(run=_guarded(_groups_reset), usage_error=reset.error)
 
     bench = sub.add_parser(
         "bench", help="publish a discovery request for a project of N files, follow it through every stage "
@@ -117,20 +149,47 @@ def add_tool_commands(sub: argparse._SubParsersAction) -> None:
     reindex.set_defaults(run=_guarded(_reindex))
 
 
-def _guarded(command):
-    """The command, with the errors a tool reports on purpose (and Kafka's) printed as one line."""
+def _guarded(command, *, reach_cluster_first: bool = True):
+    """The command, with the errors a tool reports on purpose (and Kafka's) printed in words.
+
+    Every tool builds its Kafka clients from the same configuration, so whether the cluster can be
+    reached at all is checked here, once, before a tool starts: a wrong bootstrap address fails
+    within the request timeout with what answers there (pipeline.kafka_probe), rather than after a
+    tool retried for its whole timeout, or as a bare KafkaError{...}.
+    """
     from confluent_kafka import KafkaException
 
+    from pipeline.kafka_errors import RetriesExhausted, error_text
+    from pipeline.kafka_probe import KafkaUnreachable, check_reachable
     from tools import ToolError
 
     def run(args: argparse.Namespace) -> int:
         try:
+            if reach_cluster_first:
+                check_reachable(load_config(args.config))
             return command(args)
-        except (ToolError, KafkaException, TimeoutError) as error:
+        except (ToolError, KafkaUnreachable, RetriesExhausted) as error:
             print(f"treewatch {args.command}: {error}", file=sys.stderr)
+            return getattr(error, "exit_code", 1)
+        except (KafkaException, TimeoutError) as error:
+            print(f"treewatch {args.command}: {error_text(error)}", file=sys.stderr)
             return 1
 
     return run
+
+
+def _add_retry_timeout(parser: argparse.ArgumentParser) -> None:
+    from pipeline.kafka_errors import DEFAULT_RETRY_SECONDS
+
+    parser.add_argument("--timeout", type=_positive_float, default=DEFAULT_RETRY_SECONDS, metavar="SECONDS",
+                        help="while Kafka is in a passing state (a leader election, a coordinator loading), keep "
+                             "asking for this long before giving up (default %(default)g)")
+
+
+def _deadline(args: argparse.Namespace) -> float:
+    import time
+
+    return time.monotonic() + args.timeout
 
 
 def _positive_int(text: str) -> int:
@@ -172,6 +231,12 @@ def _dash(value: object) -> str:
     return "-" if value is None else str(value)
 
 
+def _indented(text: str, prefix: str) -> str:
+    """A message of several lines (an unreachable cluster's) under a line that starts with ``prefix``."""
+    first, *rest = text.splitlines() or [""]
+    return "\n".join([prefix + first, *(prefix + "  " + line.strip() for line in rest)])
+
+
 def _print_json(document: object) -> None:
     json.dump(document, sys.stdout, indent=2, default=str)
     print()
@@ -192,7 +257,7 @@ def _stage_name(config, name: str) -> str:
 def _status(args: argparse.Namespace) -> int:
     from tools.status import gather_status
 
-    status = gather_status(load_config(args.config))
+    status = gather_status(load_config(args.config), deadline=_deadline(args))
     problems = status.problems
     if args.json:
         _print_json({**asdict(status), "problems": problems, "warnings": status.warnings})
@@ -203,14 +268,14 @@ def _status(args: argparse.Namespace) -> int:
         print(f"  {s.service:<20} {state:<28} {s.detail}")
     print("Kafka:")
     if status.cluster.error:
-        print(f"  {status.cluster.error}")
+        print(_indented(status.cluster.error, "  "))
     else:
         print(f"  cluster {status.cluster.cluster_id}, controller {_dash(status.cluster.controller_id)}, "
               f"{len(status.cluster.brokers)} broker(s): {', '.join(status.cluster.brokers)}")
     print("Consumer lag (committed offset to high watermark, summed over partitions):")
     for g in status.groups:
-        if g.error:
-            print(f"  {g.stage:<10} {g.group:<32} {g.error}")
+        if g.error or not g.exists:
+            print(f"  {g.stage:<10} {g.group:<32} {g.error or 'no such group: the stage has never committed'}")
             continue
         uncommitted = f", {g.partitions_without_commit} partition(s) never committed" \
             if g.partitions_without_commit else ""
@@ -221,7 +286,7 @@ def _status(args: argparse.Namespace) -> int:
     for line in status.warnings:
         print(f"WARNING: {line}")
     for line in problems:
-        print(f"UNHEALTHY: {line}")
+        print(_indented(f"UNHEALTHY: {line}", ""))
     print("status: " + ("UNHEALTHY" if problems else "OK"))
     return 1 if problems else 0
 
@@ -230,6 +295,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _trace(args: argparse.Namespace) -> int:
+    from pipeline.events import safe_text
     from tools.trace import trace
 
     result = trace(load_config(args.config), args.correlation_id, timeout_seconds=args.timeout)
@@ -239,7 +305,7 @@ def _trace(args: argparse.Namespace) -> int:
     print(f"correlation id {result.correlation_id}: {len(result.events)} event(s) in "
           f"{result.records_scanned} record(s) read")
     for e in result.events:
-        event_type = (e.event or {}).get("event_type", "")
+        event_type = safe_text((e.event or {}).get("event_type"), 100) or ""
         print(f"  {_time(e.timestamp)}  {e.stage:<10} {e.role:<9} {e.topic}[{e.partition}]@{e.offset}  {event_type}")
     print("per stage:")
     for stage, counts in result.summary.items():
@@ -248,6 +314,12 @@ def _trace(args: argparse.Namespace) -> int:
         print(f"note: topic {topic} does not exist")
     for partition in result.unread_partitions:
         print(f"WARNING: {partition} could not be read")
+    if result.unreadable_count:
+        print(f"skipped {result.unreadable_count} unreadable record(s) holding the correlation id's text:")
+        for u in result.unreadable:
+            print(f"  {u.topic}[{u.partition}]@{u.offset} ({u.size:,} bytes): {u.reason}")
+        if result.unreadable_count > len(result.unreadable):
+            print(f"  ... and {result.unreadable_count - len(result.unreadable)} more")
     if not result.complete:
         print(f"WARNING: incomplete, the read stopped after {args.timeout:g}s")
     return 0 if result.complete and not result.unread_partitions else 1
@@ -269,6 +341,10 @@ def _dlq_inspect(args: argparse.Namespace) -> int:
         print(f"  {error_type:<32} {count}")
     print("samples:")
     for s in result.samples:
+        if s.unreadable is not None:
+            print(f"  [{s.partition}]@{s.offset} {_time(s.timestamp)} UNREADABLE ({s.size:,} bytes), skipped: "
+                  f"{s.unreadable}")
+            continue
         print(f"  [{s.partition}]@{s.offset} {_time(s.timestamp)} {s.error_type} correlation {_dash(s.correlation_id)} "
               f"from {_dash(s.original_topic)}: {_dash(s.error_message)}")
     if not result.complete:
@@ -277,13 +353,13 @@ def _dlq_inspect(args: argparse.Namespace) -> int:
 
 
 def _dlq_replay(args: argparse.Namespace) -> int:
-    from tools.dlq import ReplayFilter, replay_dlq
+    from tools.dlq import ISOLATION_NOTE, ReplayFilter, replay_dlq
 
     config = load_config(args.config)
     replay_filter = ReplayFilter(args.correlation_id, args.error_type, frozenset(args.discard_error_type))
     report = replay_dlq(config, _stage_name(config, args.stage), replay_filter, limit=args.limit,
-                        dry_run=args.dry_run)
-    heading = " DRY RUN: nothing changed, the counts are what a run with --confirm would do" \
+                        dry_run=args.dry_run, records_per_transaction=args.records_per_transaction)
+    heading = " DRY RUN: nothing changed, the counts are what a run with --execute would do" \
         if report.dry_run else ""
     print(f"{report.dlq_topic} (replay group {report.group}){heading}")
     for partition in sorted(report.start):
@@ -295,7 +371,8 @@ def _dlq_replay(args: argparse.Namespace) -> int:
     print(f"discarded (handled, not republished): {sum(report.discarded.values())}")
     for error_type, count in report.discarded.items():
         print(f"  {error_type}: {count}")
-    print(f"malformed (handled, not republished): {len(report.malformed)}")
+    print(f"skipped, unreadable or malformed (handled, not republished: their original payload cannot be "
+          f"re-driven): {len(report.malformed)}")
     for skipped in report.malformed:
         print(f"  [{skipped.partition}]@{skipped.offset}: {skipped.reason}")
     for skipped in report.stopped:
@@ -303,6 +380,10 @@ def _dlq_replay(args: argparse.Namespace) -> int:
     if report.limit_reached:
         print(f"stopped at --limit {args.limit}")
     print(f"left in the DLQ after this run: {report.left}")
+    if not report.dry_run:
+        print(f"committed in {report.transactions} transaction(s) of at most {report.records_per_transaction} "
+              f"dead letters")
+    print(f"note: {ISOLATION_NOTE}")
     return 0
 
 
@@ -312,7 +393,7 @@ def _dlq_replay(args: argparse.Namespace) -> int:
 def _groups_describe(args: argparse.Namespace) -> int:
     from tools.groups import describe_group
 
-    result = describe_group(load_config(args.config), args.group)
+    result = describe_group(load_config(args.config), args.group, deadline=_deadline(args))
     if args.json:
         _print_json({**asdict(result), "total_lag": result.total_lag})
         return 0
@@ -327,24 +408,60 @@ def _groups_describe(args: argparse.Namespace) -> int:
 
 
 def _groups_reset(args: argparse.Namespace) -> int:
-    from tools.groups import execute_reset, plan_reset
+    import shlex
+    from pathlib import Path
 
+    from tools.groups import execute_reset, plan_reset, plan_restore
+    from tools.saved_offsets import default_path, read_saved, utc_now
+
+    if args.to is not None and args.topic is None:
+        args.usage_error("--to needs --topic, the topic whose offsets to move")
+    if args.from_file is not None and args.topic is not None:
+        args.usage_error("--from-file puts back every partition the file holds: leave out --topic")
     config = load_config(args.config)
-    plan = plan_reset(config, args.group, args.topic, args.to)
-    print(f"group {plan.group} ({plan.state}, {len(plan.members)} member(s)) on {plan.topic}:")
+    deadline = _deadline(args)
+    if args.from_file is not None:
+        saved = read_saved(Path(args.from_file))
+        plan = plan_restore(config, args.group, saved, source=args.from_file, deadline=deadline)
+    else:
+        plan = plan_reset(config, args.group, args.topic, args.to, deadline=deadline)
+    print(f"group {plan.group} ({plan.state}, {len(plan.members)} member(s)), {plan.description}:")
     for p in plan.partitions:
-        print(f"  partition {p.partition}: {_dash(p.current)} -> {p.new}  "
-              f"(log start {p.log_start}, high watermark {p.high_watermark})")
-    if not args.execute:
-        print("dry run: nothing changed (add --execute to apply)")
+        print(f"  {p.topic}[{p.partition}]: {_dash(p.current)} -> {p.new}  "
+              f"(log start {p.log_start}, high watermark {p.high_watermark}){_outside_the_log(p)}")
+    for topic, partition in plan.not_restorable:
+        print(f"  {topic}[{partition}]: had no committed offset when saved; left as it is (Kafka's admin API "
+              f"here cannot remove a committed offset; kafka-consumer-groups.sh --delete-offsets can)")
+    if not plan.partitions:
+        print("nothing to change")
         return 0
-    result = execute_reset(config, plan)
+    save_to = Path(args.save_to) if args.save_to else default_path(plan.group, utc_now())
+    if not args.execute:
+        where = save_to if args.save_to else "./treewatch-reset-<group>-<UTC time>.json"
+        print(f"dry run: nothing changed (add --execute to apply; the current offsets are saved to {where} first)")
+        return 0
+
+    def saved(path: Path) -> None:
+        # Said before the change, so whatever becomes of this process, the operator knows the undo.
+        print(f"saved the current offsets to {path}; to undo this reset: treewatch groups reset "
+              f"--group {shlex.quote(plan.group)} --from-file {shlex.quote(str(path))} --execute", flush=True)
+
+    result = execute_reset(config, plan, save_to=save_to, deadline=deadline, on_saved=saved)
     if result.mismatched:
         for (topic, partition), found in result.mismatched.items():
             print(f"MISMATCH: {topic}[{partition}] reads back {_dash(found)}")
         return 1
     print(f"reset applied and verified on {len(plan.partitions)} partition(s)")
     return 0
+
+
+def _outside_the_log(p) -> str:
+    if p.new < p.log_start:
+        return "  NOTE: below the log start: retention deleted those records, the consumer starts at its " \
+               "auto.offset.reset"
+    if p.new > p.high_watermark:
+        return "  NOTE: beyond the high watermark (was the topic recreated?)"
+    return ""
 
 
 # -- bench and reindex -----------------------------------------------------------------------------
