@@ -36,7 +36,7 @@ from pathlib import Path
 
 import httpx
 import yaml
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -270,7 +270,8 @@ class Soak:
             self._rest(self.rng.uniform(5, 30))
             self.cluster.start_node(node)
             self.cluster.wait_ready(3, timeout=180)
-            self._await(self._cluster_answers, 180, "the cluster answers again")
+            self._await(lambda: self.cluster.groups_answer(sorted({g for g, _, _ in self.truth})), 180,
+                        "the cluster answers again")
             self._recovery(fault, lambda s: self._whole(s) and self._lag_is_true(s))
         elif fault == "poison":
             stage = self.rng.choice(self.config.stages)
@@ -327,19 +328,6 @@ class Soak:
                  if value(series, "kafka_consumer_group_lag", group=key[0], topic=key[1],
                           partition=str(key[2])) != lag}
         return not wrong
-
-    def _cluster_answers(self) -> bool:
-        admin = self.cluster.admin()
-        groups = sorted({group for group, _, _ in self.truth})
-        try:
-            for future in admin.describe_consumer_groups(groups, request_timeout=5).values():
-                future.result(timeout=6)
-            for group in groups:
-                admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)],
-                                                  request_timeout=5)[group].result(timeout=6)
-            return True
-        except Exception:
-            return False
 
     def _scraper(self) -> None:
         with httpx.Client(timeout=10) as client:

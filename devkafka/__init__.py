@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from confluent_kafka import ConsumerGroupTopicPartitions
 from confluent_kafka.admin import AdminClient
 
 from devkafka.processes import die_with_parent
@@ -252,6 +253,20 @@ class KafkaCluster:
             f"Kafka did not report {brokers} broker(s) within {timeout or self.ready_timeout}s"
             f" (last error: {last_error}):\n{self.log_tail()}"
         )
+
+    def groups_answer(self, groups: list[str]) -> bool:
+        """True when every one of ``groups`` can be described and have its offsets read: after a
+        node returns, the cluster is whole for a client only once its group coordinators are."""
+        admin = self.admin()
+        try:
+            for future in admin.describe_consumer_groups(groups, request_timeout=5).values():
+                future.result(timeout=6)
+            for group in groups:
+                admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)],
+                                                  request_timeout=5)[group].result(timeout=6)
+            return True
+        except Exception:  # not yet: asked again by the caller
+            return False
 
     def wait_until(self, condition: Callable[[], bool], timeout: float = 60.0, what: str = "") -> None:
         deadline = time.monotonic() + timeout

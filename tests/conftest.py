@@ -20,6 +20,14 @@ def kafka() -> Iterator[KafkaCluster]:
         yield cluster
 
 
+@pytest.fixture(scope="module")
+def kafka_cluster3() -> Iterator[KafkaCluster]:
+    """A 3-node cluster of the module's own, for replication and broker-fault tests: its nodes get
+    stopped and killed, so it is never the session's broker."""
+    with KafkaCluster(nodes=3) as cluster:
+        yield cluster
+
+
 @pytest.fixture
 def unique() -> str:
     """A short random suffix, so tests sharing the session broker never share a topic or group."""

@@ -24,13 +24,12 @@ import sys
 import termios
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import pytest
 import yaml
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import NewTopic
 
 from devkafka import KafkaCluster, free_port
@@ -205,14 +204,6 @@ REQUEST_TIMEOUT = 3.0
 ROUNDS = 2
 
 
-@pytest.fixture(scope="module")
-def restarting_cluster() -> Iterator[KafkaCluster]:
-    with KafkaCluster(nodes=3) as cluster:
-        yield cluster
-        for index in range(len(cluster.nodes)):
-            cluster.kill_node(index)
-
-
 class Scrapers:
     """Four scrapers on the exporter all the time, as busy Prometheus replicas and dashboards are;
     every scrape must be answered."""
@@ -272,22 +263,8 @@ def _log_tail(log_file: Path) -> str:
                      if "treewatch.kafka FAIL" not in line and not line.startswith("%"))[-6000:]
 
 
-def _cluster_answers(cluster: KafkaCluster, groups: list[str]) -> bool:
-    """The cluster is whole for a client: every group can be described and its offsets read."""
-    admin = cluster.admin()
-    try:
-        for future in admin.describe_consumer_groups(groups, request_timeout=5).values():
-            future.result(timeout=6)
-        for group in groups:
-            admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)],
-                                              request_timeout=5)[group].result(timeout=6)
-        return True
-    except Exception:
-        return False
-
-
-def test_exporter_rides_out_every_broker_restarting(restarting_cluster: KafkaCluster, tmp_path: Path) -> None:
-    cluster = restarting_cluster
+def test_exporter_rides_out_every_broker_restarting(kafka_cluster3: KafkaCluster, tmp_path: Path) -> None:
+    cluster = kafka_cluster3
     topics = [f"restart.topic{t}.v1" for t in range(TOPICS)]
     for topic in topics:
         _topic_with_records(cluster, topic, 3)
@@ -353,7 +330,7 @@ def test_exporter_rides_out_every_broker_restarting(restarting_cluster: KafkaClu
                                      "every group stays visible while a node is away")
                     cluster.start_node(index)
                     cluster.wait_ready(3)
-                    cluster.wait_until(lambda: _cluster_answers(cluster, groups), 120, "the cluster answers again")
+                    cluster.wait_until(lambda: cluster.groups_answer(groups), 120, "the cluster answers again")
                     errors_when_whole = _collector_errors(scrape(url))
                     what = f"round {round_number}, node {index + 1} ({'killed' if kill else 'stopped'})"
                     try:

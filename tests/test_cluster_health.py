@@ -8,7 +8,7 @@ its partitions: the pipeline counters summed over its partitions must not go bac
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from confluent_kafka import Producer
@@ -22,16 +22,6 @@ from pipeline.kafka import result_of
 
 # Stopped brokers are noticed within devkafka's 6 s session timeout; this leaves room on a busy box.
 CHANGE_DEADLINE = 60.0
-
-
-@pytest.fixture(scope="module")
-def kafka_cluster3() -> Iterator[KafkaCluster]:
-    with KafkaCluster(nodes=3) as cluster:
-        yield cluster
-        # Its data is thrown away: a crash stop spares the last node's 30 s wait, on SIGTERM, for a
-        # controller quorum that left with the others.
-        for index in range(len(cluster.nodes)):
-            cluster.kill_node(index)
 
 
 @pytest.fixture(scope="module")
