@@ -383,6 +383,7 @@ class Soak:
             "truth_checks": self.truth_checks, "scrapes": self.scrapes,
             "peak_exporter_rss_mib": round(self.peak_rss / 2**20, 1),
             "group_reader_replaced": replaced, "simulator_restarts": self.simulator_restarts,
+            "load_average": " ".join(f"{load:.2f}" for load in os.getloadavg()),
         }
 
 
@@ -415,6 +416,7 @@ def section(results: dict) -> str:
         f"| peak exporter memory (with its group reader) | {results['peak_exporter_rss_mib']} MiB |",
         f"| group reader replaced (librdkafka abort or wedge) | {results['group_reader_replaced']} |",
         f"| simulator restarted | {results['simulator_restarts']} |",
+        f"| load average at the end (1/5/15 min) | {results['load_average']} |",
         "",
         f"Recovery, from the cause gone to a whole and true view (bound: two refreshes, {RECOVERY_BOUND:.0f} s):",
         "",
