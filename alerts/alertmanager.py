@@ -132,6 +132,7 @@ def inhibit_rules() -> list[dict[str, Any]]:
 
 def alertmanager_config(config: MonitoringConfig) -> dict[str, Any]:
     heartbeat = config.heartbeat_url
+    duration = config.duration
     receivers: list[dict[str, Any]] = [
         {"name": ONCALL_RECEIVER, "slack_configs": [_slack(config.slack_oncall_channel)]},
         {"name": ALERTS_RECEIVER, "slack_configs": [_slack(config.slack_alerts_channel)]},
@@ -140,21 +141,22 @@ def alertmanager_config(config: MonitoringConfig) -> dict[str, Any]:
         receivers.append({"name": HEARTBEAT_RECEIVER, "webhook_configs": [_heartbeat(heartbeat, config)]})
     receivers.append({"name": NULL_RECEIVER})
     return {
-        "global": {"resolve_timeout": "5m", "slack_api_url_file": config.slack_api_url_file},
+        "global": {"resolve_timeout": duration(config.resolve_timeout),
+                   "slack_api_url_file": config.slack_api_url_file},
         "templates": list(config.alertmanager_templates),
         "route": {
             # Unknown severities land in the alerts channel rather than nowhere.
             "receiver": ALERTS_RECEIVER,
             "group_by": list(GROUP_BY),
-            "group_wait": config.group_wait,
-            "group_interval": config.group_interval,
-            "repeat_interval": config.warning_repeat_interval,
+            "group_wait": duration(config.group_wait),
+            "group_interval": duration(config.group_interval),
+            "repeat_interval": duration(config.warning_repeat_interval),
             "routes": [
                 {"matchers": ['alertname="Watchdog"'], "receiver": HEARTBEAT_RECEIVER if heartbeat else NULL_RECEIVER,
-                 "group_wait": "0s", "group_interval": config.heartbeat_repeat_interval,
-                 "repeat_interval": config.heartbeat_repeat_interval},
+                 "group_wait": "0s", "group_interval": duration(config.heartbeat_repeat_interval),
+                 "repeat_interval": duration(config.heartbeat_repeat_interval)},
                 {"matchers": ['severity="critical"'], "receiver": ONCALL_RECEIVER,
-                 "repeat_interval": config.critical_repeat_interval},
+                 "repeat_interval": duration(config.critical_repeat_interval)},
                 {"matchers": ['severity="warning"'], "receiver": ALERTS_RECEIVER},
                 {"matchers": ['severity="info"'], "receiver": NULL_RECEIVER},
             ],

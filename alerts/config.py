@@ -129,6 +129,34 @@ class MonitoringConfig:
     critical_repeat_interval: str = "1h"
     # Re-send a still-firing warning this often.
     warning_repeat_interval: str = "4h"
+    # Alertmanager resolves an alert its sender stopped updating after this long.
+    resolve_timeout: str = "5m"
+
+    # -- time scale (end-to-end tests and the demo only) ----------------------------------------
+    # Every duration the generated files hold (each `for`, range window, evaluation and
+    # Alertmanager interval, and the thresholds counted in seconds) is multiplied by this, so a
+    # chain whose alerts wait 15 minutes in production runs in seconds. The rules' names,
+    # expressions and routing stay the shipped ones; 1 (the default) changes nothing.
+    time_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.time_scale <= 1:
+            raise ValueError(f"time_scale must be in (0, 1], got {self.time_scale}")
+
+    @property
+    def time_scaled(self) -> bool:
+        return self.time_scale != 1
+
+    def duration(self, text: str) -> str:
+        """A Prometheus/Alertmanager duration ("5m", "1h30m") as this config writes it: unchanged,
+        or multiplied by ``time_scale``."""
+        if not self.time_scaled:
+            return text
+        return format_duration(parse_duration(text) * self.time_scale)
+
+    def seconds(self, value: float) -> float:
+        """A threshold counted in seconds, multiplied by ``time_scale``."""
+        return value * self.time_scale if self.time_scaled else value
 
     @property
     def runbook_base_url(self) -> str:
@@ -141,6 +169,33 @@ class MonitoringConfig:
 
     def dashboard_url(self, uid: str) -> str:
         return f"{self.grafana_url.rstrip('/')}/d/{uid}"
+
+
+_DURATION_UNITS = {"y": 365 * 86_400, "w": 7 * 86_400, "d": 86_400, "h": 3_600, "m": 60, "s": 1, "ms": 0.001}
+_DURATION = re.compile(r"(?:(\d+)(ms|[ywdhms]))")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a Prometheus duration such as "5m", "1h30m" or "600ms"."""
+    parts = _DURATION.findall(text)
+    if not parts or "".join(number + unit for number, unit in parts) != text:
+        raise ValueError(f"not a Prometheus duration: {text!r}")
+    return sum(int(number) * _DURATION_UNITS[unit] for number, unit in parts)
+
+
+def format_duration(seconds: float) -> str:
+    """A duration in the largest unit that holds it whole: 6 -> "6s", 1.2 -> "1200ms", 72 -> "72s".
+
+    Never below a millisecond, and never 0 unless asked for 0 (a `for` of 0 means no wait at all).
+    """
+    milliseconds = round(seconds * 1000)
+    if milliseconds == 0:
+        return "0s" if seconds == 0 else "1ms"
+    for unit in ("d", "h", "m", "s"):
+        whole, rest = divmod(milliseconds, round(_DURATION_UNITS[unit] * 1000))
+        if rest == 0:
+            return f"{whole}{unit}"
+    return f"{milliseconds}ms"
 
 
 def runbook_anchor(heading: str) -> str:

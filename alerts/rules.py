@@ -59,7 +59,7 @@ class Alert:
     def to_dict(self, config: MonitoringConfig) -> dict[str, Any]:
         rule: dict[str, Any] = {"alert": self.name, "expr": self.expr}
         if self.for_ != "0m":
-            rule["for"] = self.for_
+            rule["for"] = config.duration(self.for_)
         rule["labels"] = {"severity": self.severity, **self.labels}
         rule["annotations"] = {
             "summary": self.summary,
@@ -99,6 +99,7 @@ def _with_stage(expr: str, config: MonitoringConfig) -> str:
 
 def _error_ratio(config: MonitoringConfig, window: str) -> str:
     job = config.exporter_selector
+    window = config.duration(window)
     processed = f"sum by (job, stage) ({_one_replica(f'rate(tree_events_processed_total{{{job}}}[{window}])')})"
     failed = _one_replica(f'rate(tree_events_processed_total{{{job}, status="failed"}}[{window}])')
     # A stage without failed series counts 0 failures; a stage that processed nothing has no
@@ -109,11 +110,12 @@ def _error_ratio(config: MonitoringConfig, window: str) -> str:
 def recording_rules(config: MonitoringConfig) -> RuleGroup:
     job = config.exporter_selector
     lag = _one_replica(_with_stage(f"kafka_consumer_group_lag{{{job}}}", config))
-    processed = _one_replica(f"rate(tree_events_processed_total{{{job}}}[5m])")
+    processed = _one_replica(f"rate(tree_events_processed_total{{{job}}}[{config.duration('5m')}])")
     # Which topic is a stage's DLQ comes from the running configuration, not from the topic's name.
     dlq_topics = (f'group by (job, topic, stage) (label_replace({_stage_info(config)},'
                   f' "topic", "$1", "dlq_topic", "(.*)"))')
-    written = _one_replica(f"increase(kafka_topic_partition_current_offset{{{job}}}[{config.dlq_window}])")
+    dlq_window = config.duration(config.dlq_window)
+    written = _one_replica(f"increase(kafka_topic_partition_current_offset{{{job}}}[{dlq_window}])")
     ratios = tuple(Recording(error_ratio_rule(window), _error_ratio(config, window))
                    for window in ERROR_RATIO_WINDOWS)
     return RuleGroup("treewatch.recording", (
@@ -146,7 +148,7 @@ def guide_alerts(config: MonitoringConfig) -> RuleGroup:
     # Groups outside the pipeline keep the guide's alert, without a stage.
     other_groups = (f'kafka_consumer_group_lag{{{job}, group!~"{config.lag_ignored_groups}"}}'
                     f" unless on (job, instance, group) {_stage_info(config)}")
-    backlog = config.low_throughput_events_per_second * config.low_throughput_backlog_seconds
+    backlog = config.low_throughput_events_per_second * config.seconds(config.low_throughput_backlog_seconds)
     slow_stages = "|".join(config.low_throughput_stages)
     return RuleGroup("tree_stamping_alerts", (
         Alert(
@@ -165,7 +167,7 @@ def guide_alerts(config: MonitoringConfig) -> RuleGroup:
             "1m", "critical",
             "Dead Letter Queue overflow",
             "DLQ topic {{ $labels.topic }} (stage {{ $labels.stage }}) has {{ $value | humanize }} new"
-            f" failures in the last {config.dlq_window} (threshold {config.dlq_overflow_records_5m}).",
+            f" failures in the last {config.duration(config.dlq_window)} (threshold {config.dlq_overflow_records_5m}).",
             GROUPS_DLQ_DASHBOARD_UID,
         ),
         Alert(
@@ -309,7 +311,7 @@ def consumer_group_alerts(config: MonitoringConfig) -> RuleGroup:
             "ConsumerGroupStalled",
             _with_stage(
                 f"time() - kafka_consumer_group_committed_offset_change_timestamp_seconds{{{job}}}"
-                f" > {config.consumer_stalled_seconds} and {lag} > 0",
+                f" > {_num(config.seconds(config.consumer_stalled_seconds))} and {lag} > 0",
                 config,
             ),
             "5m", "critical",
@@ -336,12 +338,12 @@ def consumer_group_alerts(config: MonitoringConfig) -> RuleGroup:
             "ConsumerLagTooOld",
             _with_stage(f"max by (job, instance, group, topic) (kafka_consumer_group_lag_seconds{{{job}}})",
                         config)
-            + f" > {config.consumer_lag_max_age_seconds}",
+            + f" > {_num(config.seconds(config.consumer_lag_max_age_seconds))}",
             "5m", "warning",
             "The oldest unconsumed record is too old",
             "The oldest record consumer group {{ $labels.group }} (stage {{ $labels.stage }}) has not"
             " consumed from {{ $labels.topic }} is {{ $value | humanizeDuration }} old"
-            f" (threshold {config.consumer_lag_max_age_seconds}s).",
+            f" (threshold {_num(config.seconds(config.consumer_lag_max_age_seconds))}s).",
             GROUPS_DLQ_DASHBOARD_UID,
         ),
         Alert(
@@ -368,13 +370,13 @@ def dlq_alerts(config: MonitoringConfig) -> RuleGroup:
             "1m", "warning",
             "New records in a dead letter queue",
             "{{ $value | humanize }} new dead letter(s) arrived in {{ $labels.topic }}"
-            f" (stage {{{{ $labels.stage }}}}) in the last {config.dlq_window}.",
+            f" (stage {{{{ $labels.stage }}}}) in the last {config.duration(config.dlq_window)}.",
             GROUPS_DLQ_DASHBOARD_UID,
         ),
         Alert(
             "DLQRecordsUnhandled",
             f"time() - tree_dlq_oldest_record_timestamp_seconds{{{job}}}"
-            f" > {config.dlq_oldest_record_max_age_seconds}",
+            f" > {_num(config.seconds(config.dlq_oldest_record_max_age_seconds))}",
             "5m", "warning",
             "Dead letters are left unhandled",
             "The oldest dead letter in {{ $labels.topic }} (stage {{ $labels.stage }}) is"
@@ -392,22 +394,22 @@ def service_alerts(config: MonitoringConfig) -> RuleGroup:
             "TreeServiceDown",
             # The value is the share of good probes, so a flapping service reads differently
             # from a dead one.
-            f"avg_over_time(tree_service_probe_success{{{job}}}[{config.service_probe_window}])"
+            f"avg_over_time(tree_service_probe_success{{{job}}}[{config.duration(config.service_probe_window)}])"
             f" and tree_service_probe_success{{{job}}} == 0",
             "2m", "critical",
             "A tree stamping service is down",
             "Service {{ $labels.service }} does not answer its health check;"
             " {{ $value | humanizePercentage }} of its probes succeeded over the last"
-            f" {config.service_probe_window}.",
+            f" {config.duration(config.service_probe_window)}.",
             OVERVIEW_DASHBOARD_UID,
         ),
         Alert(
             "TreeServiceDegraded",
-            f"avg_over_time({not_healthy}[{config.service_degraded_window}]) and {not_healthy} == 1",
+            f"avg_over_time({not_healthy}[{config.duration(config.service_degraded_window)}]) and {not_healthy} == 1",
             "5m", "warning",
             "A tree stamping service reports itself degraded",
             "Service {{ $labels.service }} reports status {{ $labels.status }}; it did for"
-            f" {{{{ $value | humanizePercentage }}}} of the last {config.service_degraded_window}.",
+            f" {{{{ $value | humanizePercentage }}}} of the last {config.duration(config.service_degraded_window)}.",
             OVERVIEW_DASHBOARD_UID,
         ),
     ))
@@ -415,14 +417,16 @@ def service_alerts(config: MonitoringConfig) -> RuleGroup:
 
 def meta_alerts(config: MonitoringConfig) -> RuleGroup:
     job = config.exporter_selector
+    scrapes = config.duration(config.exporter_scrape_window)
+    stale = _num(config.seconds(config.data_stale_seconds))
     return RuleGroup("treewatch.meta", (
         Alert(
             "TreewatchExporterDown",
-            f"avg_over_time(up{{{job}}}[{config.exporter_scrape_window}]) and up{{{job}}} == 0",
+            f"avg_over_time(up{{{job}}}[{scrapes}]) and up{{{job}}} == 0",
             "2m", "critical",
             "The treewatch exporter is down",
             "Prometheus cannot scrape the treewatch exporter at {{ $labels.instance }}; {{ $value |"
-            f" humanizePercentage }}}} of scrapes succeeded over the last {config.exporter_scrape_window}."
+            f" humanizePercentage }}}} of scrapes succeeded over the last {scrapes}."
             " Every other pipeline alert is blind meanwhile.",
             OVERVIEW_DASHBOARD_UID,
         ),
@@ -448,13 +452,13 @@ def meta_alerts(config: MonitoringConfig) -> RuleGroup:
         Alert(
             "TreewatchDataStale",
             f"time() - treewatch_collector_last_success_timestamp_seconds{{{job}}}"
-            f" > {config.data_stale_seconds}"
+            f" > {stale}"
             f" or (treewatch_collector_success{{{job}}} == 0"
             f" unless on (job, instance, collector) treewatch_collector_last_success_timestamp_seconds{{{job}}})",
             "2m", "warning",
             "treewatch serves stale data",
             "Collector {{ $labels.collector }} of the exporter at {{ $labels.instance }}:"
-            f" {_LAST_SUCCESS} (threshold {config.data_stale_seconds}s); its panels and alerts show old"
+            f" {_LAST_SUCCESS} (threshold {stale}s); its panels and alerts show old"
             " numbers or none.",
             OVERVIEW_DASHBOARD_UID,
         ),
@@ -498,7 +502,7 @@ def prometheus_rules(config: MonitoringConfig) -> dict[str, Any]:
     return {"groups": [
         {
             "name": group.name,
-            "interval": group.interval,
+            "interval": config.duration(group.interval),
             "rules": [
                 rule.to_dict(config) if isinstance(rule, Alert) else rule.to_dict() for rule in group.rules
             ],

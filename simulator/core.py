@@ -11,6 +11,7 @@ endpoints and a load generator, started and stopped as one.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import threading
 import time
@@ -21,10 +22,11 @@ from typing import Any
 from confluent_kafka import KafkaException
 
 from pipeline.config import Config
+from pipeline.events import dead_letter
 from pipeline.kafka import admin_client
 from simulator.health import HealthEndpoints
 from simulator.load import LoadGenerator, Project
-from simulator.stages import Discover, Index, StageBehaviour, StageLogic, Stamp
+from simulator.stages import ERROR_TYPES, Discover, Index, StageBehaviour, StageLogic, Stamp
 from simulator.topics import ensure_topics
 from simulator.worker import StageWorker, WorkerStats, WorkerStuck
 
@@ -40,6 +42,8 @@ class SimulatorError(RuntimeError):
 @dataclass(frozen=True)
 class SimulatorSettings:
     partitions: int = 3
+    # Replicas of the DLQs it creates; -1: the broker's default, as for every other topic.
+    dlq_replication_factor: int = -1
     # Files discovery reports for a request that does not say (one typed by hand).
     default_files_per_project: int = 100
     # Address the health servers listen on instead of their URLs' host (0.0.0.0 in a container).
@@ -118,6 +122,7 @@ class Simulator:
         admin = admin_client(self.config.kafka)
         try:
             ensure_topics(admin, self.config, partitions=self.settings.partitions,
+                          dlq_replication_factor=self.settings.dlq_replication_factor,
                           timeout=self.config.kafka.request_timeout_seconds * 3)
         except (KafkaException, TimeoutError) as error:
             reason = error.args[0] if error.args else error
@@ -142,9 +147,12 @@ class Simulator:
 
     def publish(self, project: Project) -> Project:
         """Publish the discovery request of a project planned with ``Project.synthetic``."""
+        return self._loader().publish(project)
+
+    def _loader(self) -> LoadGenerator:
         if self._load is None:
             raise RuntimeError("the simulator is not running: start() it first")
-        return self._load.publish(project)
+        return self._load
 
     def configure(self, stage: str, **changes: Any) -> StageBehaviour:
         """Change how a stage behaves from its next request on (delay_seconds, error_rate, fail_files)."""
@@ -165,6 +173,31 @@ class Simulator:
 
     def set_health(self, service: str, status: str) -> None:
         self.health.set_status(service, status)
+
+    def take_down(self, service: str) -> None:
+        """The service stops answering at all: its health port refuses connections."""
+        self.health.take_down(service)
+
+    def bring_up(self, service: str) -> None:
+        self.health.bring_up(service)
+
+    def write_dead_letters(self, stage: str, error_type: str, count: int, *, malformed: int = 0) -> Project:
+        """Write ``count`` dead letters of ``error_type`` for a new synthetic project straight into
+        the stage's DLQ, plus ``malformed`` records that are cut short (not JSON), and wait until
+        Kafka has them all. The stage's failed topic is left alone: only the DLQ sees the burst."""
+        if error_type not in ERROR_TYPES:
+            raise ValueError(f"unknown error type {error_type!r}; expected one of {', '.join(ERROR_TYPES)}")
+        logic = self._worker(stage).logic
+        project = Project.synthetic(count)
+        letters = logic.dead_letters(project.project_name, project.project_path, project.correlation_id, count,
+                                     error_type)
+        records = [(letter.key.encode() if letter.key else None, json.dumps(letter.value).encode())
+                   for letter in letters]
+        whole = json.dumps(dead_letter(logic.stage.request_topic, {"correlation_id": project.correlation_id},
+                                       error_type, "cut short")).encode()
+        records += [(project.correlation_id.encode(), whole[: len(whole) // 2]) for _ in range(malformed)]
+        self._loader().write(logic.stage.dlq_topic, records)
+        return project
 
     def wait_assigned(self, timeout: float = 60.0) -> None:
         """Wait until every stage's consumer has joined its group and got partitions."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -44,6 +45,14 @@ class _HealthServer(ThreadingHTTPServer):
         self.health_path = path
         self.status = "healthy"
         self.started = time.monotonic()
+
+    def handle_error(self, request: object, client_address: tuple[str, int]) -> None:
+        # A prober that gave up (its timeout) before the answer was written is its business, not
+        # an error of this server: socketserver would print a traceback to stderr for it.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            log.debug("%s: the prober at %s left before its answer", self.service, client_address)
+            return
+        super().handle_error(request, client_address)
 
 
 class _HealthHandler(BaseHTTPRequestHandler):
@@ -82,36 +91,60 @@ class HealthEndpoints:
         self.services = tuple(services)
         self.bind_host = bind_host
         self._servers: dict[str, _HealthServer] = {}
-        self._threads: list[threading.Thread] = []
+        self._threads: dict[str, threading.Thread] = {}
+        self._down: dict[str, str] = {}  # service taken down -> the status it had
 
     def start(self) -> HealthEndpoints:
         try:
             for service in self.services:
-                host, port, path = bind_address(service.url, self.bind_host)
-                try:
-                    server = _HealthServer((host, port), service.name, path)
-                except OSError as error:
-                    raise OSError(error.errno, f"cannot serve {service.name}'s health on {host}:{port}: "
-                                               f"{error.strerror}") from None
-                thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                                          name=f"simulator-health-{service.name}", daemon=True)
-                thread.start()
-                # Only a serving server is registered: shutdown() waits for serve_forever to end.
-                self._servers[service.name] = server
-                self._threads.append(thread)
+                self._serve(service)
         except BaseException:
             self.stop()
             raise
         return self
 
     def stop(self) -> None:
-        for server in self._servers.values():
-            server.shutdown()
-            server.server_close()
-        for thread in self._threads:
-            thread.join(10)
-        self._servers.clear()
-        self._threads.clear()
+        for name in list(self._servers):
+            self._close(name)
+        self._down.clear()
+
+    def take_down(self, service: str) -> None:
+        """Stop serving one service's health URL: its port refuses connections, as a crashed
+        service's would. Its status is kept for when it is brought back up."""
+        server = self._server(service)
+        self._down[service] = server.status
+        self._close(service)
+
+    def bring_up(self, service: str) -> None:
+        """Serve a service taken down again, on the same address and with the status it had."""
+        if service not in self._down:
+            raise KeyError(f"service {service!r} is not down; down: {', '.join(self._down) or 'none'}")
+        status = self._down.pop(service)
+        self._serve(next(s for s in self.services if s.name == service)).status = status
+
+    def is_down(self, service: str) -> bool:
+        return service in self._down
+
+    def _serve(self, service: Service) -> _HealthServer:
+        host, port, path = bind_address(service.url, self.bind_host)
+        try:
+            server = _HealthServer((host, port), service.name, path)
+        except OSError as error:
+            raise OSError(error.errno, f"cannot serve {service.name}'s health on {host}:{port}: "
+                                       f"{error.strerror}") from None
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+                                  name=f"simulator-health-{service.name}", daemon=True)
+        thread.start()
+        # Only a serving server is registered: shutdown() waits for serve_forever to end.
+        self._servers[service.name] = server
+        self._threads[service.name] = thread
+        return server
+
+    def _close(self, service: str) -> None:
+        server = self._servers.pop(service)
+        server.shutdown()
+        server.server_close()
+        self._threads.pop(service).join(10)
 
     def __enter__(self) -> HealthEndpoints:
         return self.start()
@@ -137,4 +170,6 @@ class HealthEndpoints:
         try:
             return self._servers[service]
         except KeyError:
+            if service in self._down:
+                raise KeyError(f"simulated service {service!r} is down; bring_up() it first") from None
             raise KeyError(f"no simulated service {service!r}; serving: {', '.join(self._servers)}") from None

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pipeline.config import KafkaSettings, Stage
-from pipeline.events import envelope
+from pipeline.events import discovery_request
 from pipeline.kafka import producer as make_producer
-from simulator.stages import FILE_COUNT_FIELD, SOURCE, synthetic_file_paths
+from simulator.stages import SOURCE, synthetic_file_paths
 
 
 @dataclass(frozen=True)
@@ -42,26 +43,29 @@ class LoadGenerator:
 
     def publish(self, project: Project) -> Project:
         """Publish the project's discovery request and wait until Kafka has it."""
-        request = envelope("tree.discover.requested", {
-            "project_path": project.project_path,
-            "project_name": project.project_name,
-            "correlation_id": project.correlation_id,
-            FILE_COUNT_FIELD: project.files,
-        }, source=SOURCE)
+        request = discovery_request(project.project_path, project.project_name, project.correlation_id,
+                                    synthetic_file_count=project.files, source=SOURCE)
+        try:
+            self.write(self.discover.request_topic,
+                       [(project.correlation_id.encode(), json.dumps(request).encode())])
+        except RuntimeError as error:
+            raise RuntimeError(f"discovery request for {project.project_name}: {error}") from None
+        return project
+
+    def write(self, topic: str, records: Sequence[tuple[bytes | None, bytes]]) -> None:
+        """Write (key, value) records as they are, and wait until Kafka has every one."""
         errors: list[str] = []
 
         def delivered(error: object, _message: object) -> None:
             if error is not None:
                 errors.append(str(error))
 
-        self._producer.produce(self.discover.request_topic, json.dumps(request).encode(),
-                               key=project.correlation_id.encode(), on_delivery=delivered)
+        for key, value in records:
+            self._producer.produce(topic, value, key=key, on_delivery=delivered)
         remaining = self._producer.flush(30)
         if remaining or errors:
             reason = errors[0] if errors else "no confirmation after 30s"
-            raise RuntimeError(f"discovery request for {project.project_name} not written to "
-                               f"{self.discover.request_topic}: {reason}")
-        return project
+            raise RuntimeError(f"not written to {topic}: {reason}")
 
     def close(self) -> None:
         # publish() already waited for every request; close() ends the producer's threads now

@@ -111,6 +111,20 @@ class StageLogic(ABC):
     def succeed(self, payload: dict[str, Any]) -> list[Record]:
         """The records the stage writes when the request succeeds."""
 
+    def dead_letters(self, project_name: str, project_path: str, correlation: str, count: int,
+                     error_type: str) -> list[Record]:
+        """``count`` dead letters as this stage writes them when it gives up on requests of a
+        project with ``error_type`` (the failed events aside), each keeping its request's key."""
+        records = []
+        for index, path in enumerate(synthetic_file_paths(project_path, count)):
+            file = {"correlation_id": correlation, "project_name": project_name, "project_path": project_path,
+                    "file_path": path, "file_index": index}
+            request = _event(f"{self.event_name}.requested", file)
+            message = ERROR_MESSAGES[error_type].format(file_path=path)
+            records.append(Record(self.stage.dlq_topic, path,
+                                  dead_letter(self.stage.request_topic, request, error_type, message)))
+        return records
+
     def process(self, value: bytes | None, behaviour: StageBehaviour, rng: random.Random,
                 key: str | None = None) -> Outcome:
         """What the stage writes for one request; ``key`` is the request's record key, which its

@@ -18,19 +18,24 @@ def pipeline_topic_names(config: Config) -> list[str]:
     return [topic for stage in config.stages for topic in stage.topics.values()]
 
 
-def ensure_topics(admin: AdminClient, config: Config, *, partitions: int, timeout: float = 30.0) -> list[str]:
+def ensure_topics(admin: AdminClient, config: Config, *, partitions: int, dlq_replication_factor: int = -1,
+                  timeout: float = 30.0) -> list[str]:
     """Create the pipeline's topics that do not exist yet; returns the ones created.
 
     The replication factor is left to the broker's default, so the same call suits a
-    one-node development broker and a three-node cluster.
+    one-node development broker and a three-node cluster; ``dlq_replication_factor`` sets the
+    DLQs' own (1: DLQs made by hand with one replica, whose partitions have no leader while
+    their broker is down).
     """
+    dlqs = {stage.dlq_topic for stage in config.stages}
     wanted = pipeline_topic_names(config)
     existing = set(admin.list_topics(timeout=timeout).topics)
     missing = [topic for topic in wanted if topic not in existing]
     if not missing:
         return []
     futures = admin.create_topics(
-        [NewTopic(topic, num_partitions=partitions, replication_factor=-1) for topic in missing],
+        [NewTopic(topic, num_partitions=partitions, replication_factor=dlq_replication_factor if topic in dlqs else -1)
+         for topic in missing],
         request_timeout=timeout,
     )
     created = []

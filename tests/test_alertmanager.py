@@ -1,22 +1,20 @@
 """The generated Alertmanager configuration and Slack template: valid for amtool, routing every
 severity and the Watchdog to the right receiver, rendering the message on-call sees, and, through
-a real Alertmanager on loopback, delivering firing and resolved messages to a local Slack sink."""
+a real Alertmanager on loopback (started as the demo and the incident tests start it), delivering
+firing and resolved messages to a local Slack sink."""
 
 from __future__ import annotations
 
 import json
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
 
-import httpx
 import pytest
 import yaml
 
@@ -24,11 +22,11 @@ from alerts import generate
 from alerts.alertmanager import ALERTS_RECEIVER, HEARTBEAT_RECEIVER, NULL_RECEIVER, ONCALL_RECEIVER
 from alerts.config import CONFIG, OVERVIEW_DASHBOARD_UID
 from devkafka import free_port
+from treewatch.stack import Alertmanager, SlackSink, monitoring_config, running_alertmanager
 
 ROOT = Path(__file__).resolve().parent.parent
 GENERATED = ROOT / "alerts" / "generated"
 AMTOOL = "/usr/bin/amtool"
-ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
 DEADLINE_SECONDS = 30.0
 
 
@@ -153,124 +151,37 @@ def test_amtool_renders_a_resolved_message(render: Callable[[dict[str, Any], str
 
 
 @dataclass(frozen=True)
-class Received:
-    path: str
-    body: dict[str, Any]
-
-
-class WebhookSink:
-    """Slack's (and the heartbeat's) stand-in: records every JSON POST and answers "ok"."""
-
-    def __init__(self) -> None:
-        self._received: list[Received] = []
-        self._lock = threading.Lock()
-        sink = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                with sink._lock:
-                    sink._received.append(Received(self.path, json.loads(body)))
-                self.send_response(200)
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def url(self, path: str) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}{path}"
-
-    def received(self) -> list[Received]:
-        with self._lock:
-            return list(self._received)
-
-    def await_message(
-        self, path: str, matches: Callable[[dict[str, Any]], bool], what: str
-    ) -> dict[str, Any]:
-        return _await(
-            lambda: next((r.body for r in self.received() if r.path == path and matches(r.body)), None), what
-        )
-
-    def __enter__(self) -> WebhookSink:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(timeout=10)
-
-
-@dataclass(frozen=True)
 class RunningAlertmanager:
-    url: str
-    sink: WebhookSink
-    log: Path
+    """The Alertmanager the demo and the incident tests run (treewatch/stack.py), its sink beside it."""
+
+    api: Alertmanager
+    sink: SlackSink
+
+    @property
+    def url(self) -> str:
+        return self.api.url
 
     def post(self, alerts: list[dict[str, Any]]) -> None:
-        response = httpx.post(f"{self.url}/api/v2/alerts", json=alerts, timeout=10)
-        assert response.status_code == 200, response.text
+        self.api.post(alerts)
 
     def alerts(self, *matchers: str) -> list[dict[str, Any]]:
-        response = httpx.get(f"{self.url}/api/v2/alerts", params=[("filter", m) for m in matchers],
-                             timeout=10)
-        response.raise_for_status()
-        return response.json()
+        return self.api.alerts(*matchers)
 
     def groups(self, *matchers: str) -> list[dict[str, Any]]:
-        response = httpx.get(f"{self.url}/api/v2/alerts/groups", params=[("filter", m) for m in matchers],
-                             timeout=10)
-        response.raise_for_status()
-        return response.json()
+        return self.api.groups(*matchers)
+
+    def await_message(self, path: str, matches: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
+        return _await(lambda: next((post.body for post in self.sink.posts(path) if matches(post.body)), None), what)
 
 
 @pytest.fixture(scope="module")
 def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningAlertmanager]:
     directory = tmp_path_factory.mktemp("alertmanager")
-    with WebhookSink() as sink:
-        # Written the way a mounted secret usually is, trailing newline included.
-        (directory / "slack-api-url").write_text(sink.url("/slack") + "\n")
-        config = replace(
-            CONFIG,
-            slack_api_url_file=str(directory / "slack-api-url"),
-            heartbeat_url=sink.url("/heartbeat"),
-            # Short waits for this test only; the generated file keeps the real ones.
-            group_wait="1s", group_interval="1s",
-        )
-        generate.write(directory, config)
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        log = directory / "alertmanager.log"
-        with log.open("w") as log_file:
-            process = subprocess.Popen(
-                [ALERTMANAGER, f"--config.file={directory / generate.ALERTMANAGER_FILE}",
-                 f"--storage.path={directory / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
-                 "--cluster.listen-address=", f"--web.external-url={url}"],
-                stdout=log_file, stderr=subprocess.STDOUT,
-            )
-        try:
-            def ready() -> bool:
-                if process.poll() is not None:
-                    raise AssertionError(f"Alertmanager exited with {process.returncode}:\n{log.read_text()}")
-                try:
-                    return httpx.get(f"{url}/-/ready", timeout=1).status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            _await(ready, "Alertmanager to become ready")
-            yield RunningAlertmanager(url, sink, log)
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    with SlackSink() as sink:
+        # Short waits for this test only; the generated file keeps the real ones.
+        config = monitoring_config(sink, directory, group_wait="1s", group_interval="1s")
+        with running_alertmanager(directory, config, free_port()) as api:
+            yield RunningAlertmanager(api, sink)
 
 
 def _alert(
@@ -301,7 +212,7 @@ def test_critical_pages_oncall_and_resolves(alertmanager: RunningAlertmanager, u
     firing = _alert("HighErrorRate", "critical", stage=stage)
     alertmanager.post([firing])
 
-    message = alertmanager.sink.await_message(
+    message = alertmanager.await_message(
         "/slack", lambda m: stage in _attachment(m)["title"], "the firing message in Slack")
     assert message["channel"] == CONFIG.slack_oncall_channel
     attachment = _attachment(message)
@@ -316,7 +227,7 @@ def test_critical_pages_oncall_and_resolves(alertmanager: RunningAlertmanager, u
     assert quote_plus(f'stage="{stage}"') in buttons["Silence"]
 
     alertmanager.post([{**firing, "endsAt": datetime.now(UTC).isoformat()}])
-    resolved = alertmanager.sink.await_message(
+    resolved = alertmanager.await_message(
         "/slack", lambda m: _attachment(m)["title"] == f"[RESOLVED] CRITICAL HighErrorRate · stage {stage}",
         "the resolved message in Slack")
     assert resolved["channel"] == CONFIG.slack_oncall_channel
@@ -327,13 +238,13 @@ def test_critical_pages_oncall_and_resolves(alertmanager: RunningAlertmanager, u
 def test_warning_goes_to_the_alerts_channel(alertmanager: RunningAlertmanager, unique: str) -> None:
     stage = f"discover-{unique}"
     alertmanager.post([_alert("DLQNewRecords", "warning", stage=stage, topic="t.dlq")])
-    message = alertmanager.sink.await_message(
+    message = alertmanager.await_message(
         "/slack", lambda m: stage in _attachment(m)["title"], "the warning in Slack")
     assert message["channel"] == CONFIG.slack_alerts_channel
     assert _attachment(message)["title"] == f"[FIRING:1] WARNING DLQNewRecords · stage {stage}"
     resolve = _alert("DLQNewRecords", "warning", stage=stage, topic="t.dlq", ends_at=datetime.now(UTC))
     alertmanager.post([resolve])
-    resolved = alertmanager.sink.await_message(
+    resolved = alertmanager.await_message(
         "/slack", lambda m: _attachment(m)["title"] == f"[RESOLVED] WARNING DLQNewRecords · stage {stage}",
         "the resolved warning in Slack")
     assert resolved["channel"] == CONFIG.slack_alerts_channel
@@ -343,7 +254,7 @@ def test_watchdog_reaches_the_heartbeat_and_info_goes_nowhere(
     alertmanager: RunningAlertmanager, unique: str
 ) -> None:
     alertmanager.post([_alert("Watchdog", "info"), _alert("InfoOnly", "info", stage=unique)])
-    heartbeat = alertmanager.sink.await_message(
+    heartbeat = alertmanager.await_message(
         "/heartbeat", lambda m: m["commonLabels"].get("alertname") == "Watchdog", "the Watchdog heartbeat")
     assert heartbeat["receiver"] == HEARTBEAT_RECEIVER
     groups = _await(lambda: alertmanager.groups(f'stage="{unique}"'), "the info alert's group")

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -101,14 +102,31 @@ def refuses_connections(url: str) -> bool:
 # Independent of how long the demo is asked to run: awaiting a condition on a busy 2-core host.
 DEMO_STARTS_WITHIN_SECONDS = 180
 DEMO_SHOWS_WITHIN_SECONDS = 120
-# The rules are evaluated every 30 s and Alertmanager notifies after that: more slack still.
-DEMO_ALERTS_WITHIN_SECONDS = 240
+# The story's pages and resolved messages come within about three minutes; more slack still.
+DEMO_STORY_WITHIN_SECONDS = 420
+LOCAL_URL = re.compile(r"http://127\.0\.0\.1:\d+\S*")
 
 
-def test_demo_runs_the_whole_bundle_and_stops_cleanly_on_ctrl_c() -> None:
+def printed_links(lines: list[str]) -> list[str]:
+    """The URLs the demo prints for people to open (not those inside a command it prints)."""
+    links = []
+    for line in lines:
+        for match in LOCAL_URL.finditer(line):
+            before = line[:match.start()]
+            if not before.endswith(("=", "--simulator ")):
+                links.append(match.group())
+    return links
+
+
+def printed_commands(lines: list[str], program: str) -> list[list[str]]:
+    """The ``program ...`` command lines the demo prints for people to type."""
+    return [shlex.split(line[line.index(f"{program} "):]) for line in lines if f": {program} " in line]
+
+
+def test_demo_plays_its_story_with_working_links_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     # A --duration far beyond the test's deadlines: it only bounds a demo the test failed to stop.
     process = subprocess.Popen(
-        [sys.executable, "-m", "treewatch", "demo", "--duration", "900", "--files", "40", "--free-ports"],
+        [sys.executable, "-m", "treewatch", "demo", "--duration", "900", "--free-ports"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
@@ -118,10 +136,12 @@ def test_demo_runs_the_whole_bundle_and_stops_cleanly_on_ctrl_c() -> None:
         metrics_url = output.wait_for(r"exporter\s+(http://\S+/metrics)", process,
                                       DEMO_STARTS_WITHIN_SECONDS).group(1)
         kafka = output.wait_for(r"kafka: (\S+);", process, timeout=5).group(1)
-        prometheus = output.wait_for(r"prometheus\s+(http://\S+)/alerts", process, timeout=5).group(1)
-        alertmanager = output.wait_for(r"alertmanager\s+(http://\S+)", process, timeout=5).group(1)
+        output.wait_for(r"TIME-SCALED by 0\.05", process, timeout=5)
+        prometheus = output.wait_for(r"prometheus\s+(http://\S+)/classic/alerts", process, timeout=5).group(1)
+        alertmanager = output.wait_for(r"--alertmanager\.url=(http://\S+)", process, timeout=5).group(1)
+        control = output.wait_for(r"treewatch incident list --simulator (http://\S+)", process, timeout=5).group(1)
 
-        # The generated rules, not an empty rule set, are what Prometheus evaluates.
+        # The generated rules (time-scaled, same names), not an empty rule set, are what Prometheus evaluates.
         rules = yaml.safe_load((REPO / "alerts" / "generated" / "treewatch-rules.yml").read_text())
         generated = {rule["alert"] for group in rules["groups"] for rule in group["rules"] if "alert" in rule}
         assert prometheus_alert_rules(prometheus) == generated
@@ -134,10 +154,36 @@ def test_demo_runs_the_whole_bundle_and_stops_cleanly_on_ctrl_c() -> None:
             assert process.poll() is None, f"the demo stopped early; output:\n{output.text}"
             time.sleep(0.5)
         # The Watchdog went Prometheus → the generated Alertmanager config → the demo's Slack stand-in.
-        output.wait_for(r"^heartbeat: the Watchdog alert reached its receiver", process,
-                        DEMO_ALERTS_WITHIN_SECONDS)
+        output.wait_for(r"\] heartbeat: the Watchdog alert reached its receiver", process, DEMO_SHOWS_WITHIN_SECONDS)
         output.wait_for(r"lag +tree-discovery-group=\d+ stamping-generator-group=\d+ "
                         r"indexing-processor-group=\d+", process, DEMO_SHOWS_WITHIN_SECONDS)
+
+        # The story: a page in each channel, each Slack line with its elapsed time, resolved messages.
+        output.wait_for(r"^\[ *\d+s\] slack → #tree-stamping-alerts: \[FIRING:\d+\] WARNING ", process,
+                        DEMO_STORY_WITHIN_SECONDS)
+        output.wait_for(r"^\[ *\d+s\] slack → #tree-stamping-oncall: \[FIRING:\d+\] CRITICAL ConsumerGroupStalled",
+                        process, DEMO_STORY_WITHIN_SECONDS)
+        output.wait_for(r"^\[ *\d+s\] slack → #tree-stamping-oncall: \[RESOLVED\] CRITICAL ", process,
+                        DEMO_STORY_WITHIN_SECONDS)
+        output.wait_for(r"^\[ *\d+s\] the story is over", process, DEMO_STORY_WITHIN_SECONDS)
+
+        # Every link it printed opens with Debian's Prometheus (classic UI), the exporter and the services.
+        lines = list(output.lines)
+        links = printed_links(lines)
+        assert any("/classic/graph?g0.expr=" in link for link in links)
+        assert not [link for link in links if re.search(r":\d+/(alerts|graph)\b", link)], "a new-UI link"
+        broken = {link: httpx.get(link, timeout=10).status_code for link in links}
+        assert {link: code for link, code in broken.items() if code != 200} == {}
+        # Alertmanager has no web UI there: the amtool commands it printed work instead.
+        commands = printed_commands(lines, "amtool")
+        assert len(commands) >= 3 and any(c[:3] == ["amtool", "silence", "add"] for c in commands)
+        for command in commands:
+            command = [word.replace("<alertname>", "DemoTest") for word in command]
+            result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+            assert result.returncode == 0, (command, result.stdout + result.stderr)
+        incidents = subprocess.run([sys.executable, "-m", "treewatch", "incident", "list", "--simulator", control],
+                                   capture_output=True, text=True, timeout=60)
+        assert incidents.returncode == 0 and "stage-stalled" in incidents.stdout, incidents.stderr
 
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=120) == 0, output.text
@@ -147,8 +193,16 @@ def test_demo_runs_the_whole_bundle_and_stops_cleanly_on_ctrl_c() -> None:
             process.wait()
     output.wait_for(r"^demo stopped$", process, timeout=5)
     # Everything it started is gone with it.
-    for url in (metrics_url, prometheus, alertmanager, f"http://{kafka}"):
+    for url in (metrics_url, prometheus, alertmanager, control, f"http://{kafka}"):
         assert refuses_connections(url), f"{url} still accepts connections after the demo stopped"
+
+
+def test_the_demo_refuses_an_incident_it_does_not_know_before_starting_anything() -> None:
+    result = subprocess.run([sys.executable, "-m", "treewatch", "demo", "--incident", "stage-stuck"], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "treewatch demo: no incident named 'stage-stuck'; the catalogue has service-down" in result.stderr
+    assert "starting Kafka" not in result.stdout
 
 
 # -- devkafka.processes (how the demo runs Prometheus and Alertmanager) ----------------------------

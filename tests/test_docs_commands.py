@@ -15,7 +15,7 @@ import pytest
 from treewatch.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = [ROOT / "README.md", ROOT / "docs" / "runbooks.md"]
+DOCS = [ROOT / "README.md", ROOT / "docs" / "runbooks.md", ROOT / "docs" / "incidents.md"]
 
 
 def documented_commands() -> list[tuple[str, str]]:

@@ -22,6 +22,7 @@ from confluent_kafka import OFFSET_BEGINNING, ConsumerGroupTopicPartitions, Kafk
 
 from devkafka import free_port
 from pipeline.config import DEFAULT_SERVICES, DEFAULT_STAGES, Config, KafkaSettings, load_config, parse_config
+from pipeline.events import decode_json_object
 from pipeline.kafka import admin_client, read_records, reader
 from simulator import (
     ERROR_TYPES,
@@ -32,6 +33,7 @@ from simulator import (
     SimulatorSettings,
     StageBehaviour,
 )
+from simulator.incidents import IncidentUnavailable, SimulatorOnly, incident
 from simulator.stages import FILE_COUNT_FIELD, Index
 from simulator.worker import StageWorker, WorkerStuck
 
@@ -341,6 +343,64 @@ def test_health_endpoints_serve_the_urls_path_and_refuse_a_taken_port() -> None:
         with pytest.raises(OSError, match="cannot serve onextree's health on 127.0.0.1"):
             HealthEndpoints(services).start()
         assert health.statuses() == {"onextree": "healthy"}
+
+
+def test_a_service_taken_down_refuses_connections_and_comes_back_with_its_status() -> None:
+    port = free_port()
+    services = parse_config({"services": {"bridge": {"url": f"http://127.0.0.1:{port}/health"}}},
+                            source="test", environ={}).services
+    with HealthEndpoints(services) as health:
+        health.set_status("bridge", "degraded")
+        health.take_down("bridge")
+        assert health.is_down("bridge")
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
+        with pytest.raises(KeyError, match="is down; bring_up"):
+            health.set_status("bridge", "healthy")
+        health.bring_up("bridge")
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).json()["status"] == "degraded"
+        with pytest.raises(KeyError, match="is not down"):
+            health.bring_up("bridge")
+
+
+def test_a_dead_letter_burst_lands_in_the_dlq_with_its_error_type_and_one_malformed_record(
+        simulator: Simulator) -> None:
+    dlq = simulator.config.stage("stamp").dlq_topic
+
+    def malformed_records() -> list[bytes]:
+        return [record for record in read_topic(simulator.config.kafka, dlq) if not isinstance(record, dict)]
+
+    before = malformed_records()
+    project = simulator.write_dead_letters("stamp", "FILE_NOT_FOUND", 12, malformed=1)
+    letters = of_project(read_topic(simulator.config.kafka, dlq), project)
+    assert len(letters) == 12
+    assert {letter["error_type"] for letter in letters} == {"FILE_NOT_FOUND"}
+    assert {letter["original_topic"] for letter in letters} == {simulator.config.stage("stamp").request_topic}
+    assert sorted(letter["original_payload"]["payload"]["file_path"] for letter in letters) == project.file_paths
+    (malformed,) = [record for record in malformed_records() if record not in before]
+    assert decode_json_object(malformed) is None  # what every DLQ reader gets from it: not a dead letter
+    # The stage's failed topic is left alone: only its DLQ sees the burst.
+    assert stage_events(simulator, "stamp", "failed", project) == []
+    with pytest.raises(ValueError, match="unknown error type 'TYPO'"):
+        simulator.write_dead_letters("stamp", "TYPO", 1)
+
+
+def test_the_incident_catalogue_checks_names_and_parameters() -> None:
+    assert incident("dlq-burst", stage="stamp", error_type="FILE_NOT_FOUND").subject == {"stage": "stamp"}
+    assert incident("service-down").subject == {"service": "intelligence"}
+    assert "20 dead letters of ENCODING_ERROR" in incident("dlq-burst").describe()
+    with pytest.raises(KeyError, match="no incident named 'nope'; the catalogue has service-down"):
+        incident("nope")
+    with pytest.raises(ValueError, match="incident stage-slow has no parameter 'service'"):
+        incident("stage-slow", service="bridge")
+    with pytest.raises(ValueError, match="unknown error type 'TYPO'"):
+        incident("dlq-burst", error_type="TYPO")
+    with pytest.raises(ValueError, match="no simulated stage 'enrich'"):
+        incident("stage-stalled", stage="enrich")
+    with pytest.raises(ValueError, match=r"share must be in \(0, 1\]"):
+        incident("failure-rate", share=1.5)
+    with pytest.raises(IncidentUnavailable, match="runs no exporter"):
+        incident("exporter-down").start(SimulatorOnly(simulator=None))  # type: ignore[arg-type]
 
 
 def test_stopping_leaves_no_thread_behind(kafka) -> None:

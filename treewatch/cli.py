@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
 
 from pipeline.config import ConfigError, load_config
+from treewatch.incident_cli import DEFAULT_CONTROL, add_incident_commands, control_address
 from treewatch.tools_cli import add_config_option, add_tool_commands
 
 
@@ -19,7 +22,10 @@ def _exporter(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    from exporter.app import check_startable
+
     config = load_config(args.config)
+    check_startable(config)  # what only trying tells: certificates, keys, passwords, librdkafka's view
     print(f"{config.source}: ok ({len(config.stages)} stages, {len(config.services)} services)")
     return 0
 
@@ -35,10 +41,11 @@ def _simulate(args: argparse.Namespace) -> int:
                                         error_rate=args.error_rate if stage == "stamp" else 0.0)
                   for stage in stages}
     settings = SimulatorSettings(partitions=args.partitions, default_files_per_project=args.files,
-                                 bind_host=args.bind_host, behaviours=behaviours, seed=args.seed)
+                                 bind_host=args.bind_host, behaviours=behaviours, seed=args.seed,
+                                 dlq_replication_factor=args.dlq_replication_factor)
     try:
         return run_simulator(config, settings, files_per_project=args.files,
-                             project_interval_seconds=args.project_interval)
+                             project_interval_seconds=args.project_interval, control_address=args.control)
     except (SimulatorError, WorkerStuck) as error:
         print(f"treewatch simulate: {error}", file=sys.stderr)
         return 1
@@ -54,8 +61,9 @@ def _demo(args: argparse.Namespace) -> int:
         # every health probe's request line are noise there.
         logging.getLogger("treewatch.kafka").setLevel(logging.ERROR)
         logging.getLogger("httpx").setLevel(logging.WARNING)
+    scale = {"time_scale": args.time_scale} if args.time_scale is not None else {}
     options = DemoOptions(duration_seconds=args.duration, files_per_project=args.files,
-                          free_ports=args.free_ports)
+                          free_ports=args.free_ports, incident=args.incident, **scale)
     try:
         return run_demo(options, out=lambda line: print(line, flush=True))
     except (DemoError, KafkaStartError, SimulatorError, WorkerStuck) as error:
@@ -83,6 +91,13 @@ def _stage_delay(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"{seconds!r} is not a number of seconds") from None
 
 
+def _time_scale(text: str) -> float:
+    value = _positive(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"expected a factor in (0, 1], got {text}")
+    return value
+
+
 def _positive(text: str) -> float:
     value = float(text)
     if value <= 0:
@@ -102,16 +117,26 @@ def _add_simulator_commands(sub: argparse._SubParsersAction) -> None:
     simulate.add_argument("--delay", type=_stage_delay, action="append", default=[], metavar="STAGE=SECONDS",
                           help="processing time per request of a stage, e.g. index=0.01 (repeatable)")
     simulate.add_argument("--partitions", type=int, default=3, help="partitions of topics it creates")
+    simulate.add_argument("--dlq-replication-factor", type=int, default=-1, metavar="N",
+                          help="replicas of the DLQs it creates (default: the broker's; 1 makes a broker's "
+                               "stop leave DLQ partitions without a leader)")
     simulate.add_argument("--bind-host", help="serve the health endpoints on this address instead of the "
                                               "URLs' host (0.0.0.0 in a container)")
     simulate.add_argument("--seed", type=int, help="seed for the random failures, for repeatable runs")
+    simulate.add_argument("--control", nargs="?", const=control_address(DEFAULT_CONTROL), type=control_address,
+                          metavar="HOST:PORT", help="serve the incident control there (default address "
+                                                    f"{DEFAULT_CONTROL}), for `treewatch incident start|stop`")
     simulate.set_defaults(run=_simulate)
 
     demo = sub.add_parser("demo", help="run Kafka, the simulated pipeline, the exporter, Prometheus and "
-                                       "Alertmanager locally with a scripted scenario (`make demo`)")
+                                       "Alertmanager locally through a short story of incidents (`make demo`)")
     demo.add_argument("--duration", type=_positive, metavar="SECONDS",
                       help="stop after this long (default: run until Ctrl-C)")
-    demo.add_argument("--files", type=int, default=300, help="files per synthetic project")
+    demo.add_argument("--files", type=int, default=40, help="files per synthetic project (one every 2 s)")
+    demo.add_argument("--incident", metavar="NAME",
+                      help="play this incident of docs/incidents.md instead of the story (e.g. stage-stalled)")
+    demo.add_argument("--time-scale", type=_time_scale, metavar="FACTOR",
+                      help="multiply every alert duration by FACTOR (default: the demo's, printed when it starts)")
     demo.add_argument("--free-ports", action="store_true",
                       help="use free ports for everything instead of the guide's defaults")
     demo.set_defaults(run=_demo)
@@ -131,11 +156,37 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(run=_check_config)
 
     _add_simulator_commands(sub)
+    add_incident_commands(sub)
     add_tool_commands(sub)
     return parser
 
 
+# What a shell reports for a writer whose reader went away (128 + SIGPIPE), as for `yes` in `yes | head -1`.
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+
+
 def main(argv: list[str] | None = None) -> None:
+    """The command line; its exit status is the command's.
+
+    Output cut short by its reader (``treewatch ... | head -1``) ends the command quietly with
+    EXIT_BROKEN_PIPE, as other unix tools end: Python turns SIGPIPE into BrokenPipeError, which is
+    caught here, and stdout is pointed at /dev/null so the interpreter's last flush at exit has
+    nowhere to fail (the recipe of the Python docs, signal module, "Note on SIGPIPE").
+    """
+    try:
+        try:
+            code = _run(argv)
+        finally:
+            # Output still buffered is written now, inside this handler, not at interpreter exit.
+            sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(EXIT_BROKEN_PIPE)
+    sys.exit(code)
+
+
+def _run(argv: list[str] | None) -> int:
     # --log-level is accepted before or after the subcommand: people type it where they think of it.
     log_level = argparse.ArgumentParser(prog="treewatch", add_help=False)
     log_level.add_argument("--log-level", type=str.upper, default="INFO",
@@ -145,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     args.log_level = known.log_level
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        sys.exit(args.run(args))
+        return args.run(args)
     except ConfigError as error:
         print(f"treewatch: {error}", file=sys.stderr)
-        sys.exit(2)
+        return 2

@@ -1,62 +1,69 @@
 """``treewatch demo`` (what ``make demo`` runs): the whole bundle on one machine, for real.
 
 A Kafka broker from the pinned jars, the simulated pipeline on it (real topics, consumer groups
-and health endpoints), the exporter watching both, and, when installed, Prometheus loading the
-generated alert rules plus Alertmanager with the generated routing and Slack template, posting to
-a local stand-in for Slack that prints each message on-call would get. A scripted scenario gives
-every panel something to show: projects flowing through, failures landing in the DLQs, a stage
-pausing so its lag grows, a service degrading. A short summary read from the exporter's own
-snapshot is printed whenever it changes until Ctrl-C (or ``--duration``), then everything stops
-in reverse order.
+and health endpoints) under a steady load, the exporter watching both and, when installed,
+Prometheus with the generated rules plus Alertmanager with the generated routing and Slack
+template, posting to a local stand-in for Slack that prints each message on-call would get.
+
+Then a short story of the guide's incidents (simulator/incidents.py) plays out: a stage stalls
+while a service degrades, then a burst of dead letters. The rules and the routing run time-scaled
+(every `for`, window and Alertmanager wait multiplied by the same factor, said on screen), so the
+pages, in both channels, and their resolved messages arrive within minutes. ``--incident NAME``
+plays one incident instead; while the demo runs, ``treewatch incident start|stop`` starts more.
+Every link printed works with Debian's Prometheus (classic UI) and Alertmanager (amtool, no UI).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import shutil
 import signal
 import socket
-import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 
-from alerts import generate as alerts_generate
-from alerts.config import CONFIG as MONITORING
+from dashboards import generate as dashboards_generate
+from dashboards import overview
 from devkafka import KafkaCluster, free_port
-from devkafka.processes import ProcessStartError, running_process
+from devkafka.processes import ProcessStartError
 from exporter.app import Exporter, build_exporter
 from exporter.snapshot import Snapshot
 from pipeline.config import DEFAULT_SERVICES, Config, load_config
-from simulator import Simulator, SimulatorSettings, StageBehaviour
+from simulator import Simulator, SimulatorSettings
+from simulator.control import ControlServer, IncidentControl
+from simulator.incidents import CATALOGUE, Incident, IncidentUnavailable, incident
+from treewatch import stack as chain
+from treewatch.drill import Drill
+from treewatch.incident_alerts import EXPECTED
+from treewatch.incident_cli import DEFAULT_CONTROL
 
 REPO = Path(__file__).resolve().parents[1]
-RULES_FILE = REPO / "alerts" / "generated" / "treewatch-rules.yml"
-PROMETHEUS = Path("/usr/bin/prometheus")
-PROMTOOL = Path("/usr/bin/promtool")
-ALERTMANAGER = Path("/usr/bin/prometheus-alertmanager")
 
-DEFAULT_PORTS = {"exporter": 9847, "prometheus": 9090, "alertmanager": 9093}
-# The scrape and refresh intervals are short so the demo moves while one watches.
-REFRESH_SECONDS = 2.0
-SCRAPE_SECONDS = 5
-# Alertmanager waits this long before a new group's first message and between updates to it
-# (production: alerts.config); shorter so a message arrives while one watches.
-DEMO_GROUP_WAIT = "10s"
-DEMO_GROUP_INTERVAL = "1m"
-SLACK_PATH = "/slack"
-# When the first Slack message (DLQOverflow) arrives, as measured (137 s): the DLQ rules are
-# evaluated every 30 s, hold for `for: 1m`, then Alertmanager waits DEMO_GROUP_WAIT.
-FIRST_SLACK_MESSAGE_AFTER = "2 to 3 minutes"
-HEARTBEAT_PATH = "/heartbeat"
+DEFAULT_PORTS = {"exporter": 9847, "prometheus": 9090, "alertmanager": 9093,
+                 "control": int(DEFAULT_CONTROL.rsplit(":", 1)[1])}
+# Every duration of the rules and the routing times this: 5 minutes are 15 s, 15 minutes 45 s.
+DEFAULT_TIME_SCALE = 0.05
+# The exporter gathers, and Prometheus scrapes it, this often (production: 15 s and 15-30 s).
+REFRESH_SECONDS = 1.0
+# A healthy span before the first incident, in real minutes (times the scale).
+HEALTHY_MINUTES = 5
+# Longest an act of the story may take, in real minutes (times the scale): far more than any
+# alert's threshold, `for` and Alertmanager's waits together.
+ACT_MINUTES = 60
+# The summary is printed when lag, DLQ depth or health change, and at least this often.
+SUMMARY_AT_LEAST_SECONDS = 30.0
+# The overview dashboard's panels whose queries the demo links to in Prometheus' graph page.
+KEY_PANELS = ("Firing alerts", "Service status", "Processed per stage", "Error ratio per stage",
+              "Consumer lag, worst partition per group", "Consumer lag in seconds per group",
+              "New DLQ records in 5m", "Brokers down")
 
 
 class DemoError(RuntimeError):
@@ -66,147 +73,235 @@ class DemoError(RuntimeError):
 @dataclass(frozen=True)
 class DemoOptions:
     duration_seconds: float | None = None  # None: until Ctrl-C
-    files_per_project: int = 300
-    project_interval_seconds: float = 30.0
+    files_per_project: int = 40
+    project_interval_seconds: float = 2.0
     summary_interval_seconds: float = 5.0
     # Tests set this: every port is a free one, never the guide's defaults.
     free_ports: bool = False
-    stamp_error_rate: float = 0.08
+    time_scale: float = DEFAULT_TIME_SCALE
+    # One incident of the catalogue instead of the story.
+    incident: str | None = None
 
 
 @dataclass(frozen=True)
-class Step:
-    at_seconds: float
+class Act:
     says: str
-    does: Callable[[Simulator], None]
+    incidents: tuple[Incident, ...]
 
 
-# What happens when, so the dashboards and alerts have a story to tell: the second project (at
-# 30 s) meets a paused index stage, so that group's lag builds up for half a minute, then drains.
-# A project every 30 s with 8% of stamping failing keeps DLQOverflow's 10-in-5-minutes busy.
-SCENARIO = (
-    Step(25, "pausing the index stage: watch indexing-processor-group's lag grow",
-         lambda sim: sim.pause("index")),
-    Step(27, "metadata-stamping reports degraded",
-         lambda sim: sim.set_health("metadata-stamping", "degraded")),
-    Step(60, "resuming the index stage: its lag drains", lambda sim: sim.resume("index")),
-    Step(65, "metadata-stamping healthy again", lambda sim: sim.set_health("metadata-stamping", "healthy")),
+STORY = (
+    Act("the index stage's consumer stalls (it stays in its group but stops fetching) while "
+        "metadata-stamping reports itself degraded",
+        (incident("stage-stalled", stage="index"), incident("service-degraded", service="metadata-stamping"))),
+    Act("a burst of ENCODING_ERROR dead letters, one of them malformed, lands in stamping's DLQ",
+        (incident("dlq-burst", stage="stamp", error_type="ENCODING_ERROR"),)),
 )
 
 
 def run_demo(options: DemoOptions, out: Callable[[str], None]) -> int:
+    acts = _acts(options)
     stop = threading.Event()
     previous = {signum: signal.signal(signum, lambda *_: stop.set())
                 for signum in (signal.SIGINT, signal.SIGTERM)}
     workdir = Path(tempfile.mkdtemp(prefix="treewatch-demo-"))
+    cluster = any(fault.acts_on == "cluster" for act in acts for fault in act.incidents)
+    clock = Clock()
     try:
         with contextlib.ExitStack() as stack:
-            out("starting Kafka (KRaft, one node, from the pinned jars) ...")
-            kafka = stack.enter_context(KafkaCluster(nodes=1))
+            nodes = 3 if cluster else 1
+            out(f"starting Kafka (KRaft, {nodes} node{'s' if nodes > 1 else ''}, from the pinned jars) ...")
+            kafka = stack.enter_context(KafkaCluster(nodes=nodes))
             config = _write_config(workdir, kafka.bootstrap_servers, options.free_ports)
             out(f"kafka: {kafka.bootstrap_servers}; configuration: {config.source}")
+            # With three brokers the DLQs get one replica, as when made by hand: a broker's stop then
+            # leaves some of their partitions without a leader.
+            settings = SimulatorSettings(dlq_replication_factor=1 if cluster else -1)
+            sim = stack.enter_context(Simulator(config, settings))
+            env = DemoEnvironment(sim, config, kafka)
+            stack.callback(env.stop_exporter)
+            env.start_exporter()
 
-            behaviours = {"stamp": StageBehaviour(error_rate=options.stamp_error_rate, delay_seconds=0.002),
-                          "index": StageBehaviour(delay_seconds=0.005)}
-            sim = stack.enter_context(Simulator(config, SimulatorSettings(behaviours=behaviours)))
-            try:
-                exporter = build_exporter(config).start()
-            except OSError as error:
-                raise DemoError(f"cannot serve the exporter on {config.exporter.listen_address}: "
-                                f"{error.strerror}") from error
-            stack.callback(exporter.stop)
-
-            where: list[tuple[str, str, str]] = [
-                ("exporter", f"{exporter.url}/metrics", "what Prometheus scrapes; a landing page at "
-                                                        f"{exporter.url}/"),
-            ]
-            sink: SlackSink | None = None
-            if PROMETHEUS.exists() and ALERTMANAGER.exists():
-                try:
-                    sink = stack.enter_context(SlackSink(out))
-                    alertmanager_url = stack.enter_context(
-                        _alertmanager(workdir, sink, options.free_ports, out))
-                    prometheus_url = stack.enter_context(
-                        _prometheus(workdir, exporter, alertmanager_url, options.free_ports, out))
-                except ProcessStartError as error:
-                    raise DemoError(str(error)) from error
-                where += [
-                    ("prometheus", f"{prometheus_url}/alerts", "the generated alert rules: inactive, pending, "
-                                                               "firing"),
-                    ("alertmanager", alertmanager_url, "firing alerts after routing and inhibition; silences"),
-                ]
-            else:
-                out(f"({PROMETHEUS} or {ALERTMANAGER} not installed: running without them; "
+            if not chain.installed():
+                out(f"({chain.PROMETHEUS} or {chain.ALERTMANAGER} not installed: running without alerts; "
                     "`make setup` installs them)")
-            where += [(service.name, service.url, "the simulated service's health")
-                      for service in config.services]
-            out("")
-            out("where to look:")
-            width = max(len(name) for name, _, _ in where)
-            url_width = max(len(url) for _, url, _ in where)
-            for name, url, what in where:
-                out(f"  {name:<{width}}  {url:<{url_width}}  {what}")
-            out(f"  the operator tools, from another terminal: treewatch status --config {config.source}")
-            out("  (and trace, dlq, groups with the same --config; trace takes a correlation_id printed below)")
-            out("  Grafana's dashboards are not part of the demo: `docker compose up -d` runs the full stack.")
-            out("")
+                _where_to_look(config, env.exporter, None, None, out)
+                _keep_running(env, config, options, stop, clock, out)
+                return 0
+            try:
+                monitoring = stack.enter_context(chain.monitoring_stack(
+                    workdir, exporter_url=env.exporter.url,
+                    prometheus_port=_port(DEFAULT_PORTS["prometheus"], options.free_ports),
+                    alertmanager_port=_port(DEFAULT_PORTS["alertmanager"], options.free_ports),
+                    time_scale=options.time_scale, scrape_seconds=REFRESH_SECONDS))
+            except ProcessStartError as error:
+                raise DemoError(str(error)) from error
+            for note in monitoring.notes:
+                out(f"({note})")
+            control = _control(stack, env, options.free_ports, out)
+            _say_how_alerts_run(monitoring, options.time_scale, out)
+            printer = SlackPrinter(monitoring, clock, out)
+            monitoring.sink.on_message.append(printer.message)
+            monitoring.sink.on_heartbeat.append(printer.heartbeat)
+            _where_to_look(config, env.exporter, monitoring, control, out)
 
-            _run_scenario(sim, exporter, config, options, stop, out)
+            steady = SteadyLoad(env, config, options, clock, out)
+            _play(acts, Drill(monitoring, env, on_event=lambda line: out(clock.stamp(f"incident: {line}"))),
+                  steady, stop, options.time_scale)
+            if not stop.is_set() and not steady.over():
+                out(clock.stamp(f"the story is over: {printer.count('firing')} page(s) and "
+                                f"{printer.count('resolved')} resolved message(s) in Slack. The pipeline keeps "
+                                "running; start more incidents from another terminal (see above), Ctrl-C ends."))
+            _keep_running(env, config, options, stop, clock, out, steady)
             out("stopping ...")
-            if sink is not None:
-                out(f"{sink.slack_messages} Slack message(s) would have been posted"
-                    + ("" if sink.slack_messages else
-                       f"; the first one comes {FIRST_SLACK_MESSAGE_AFTER} in"))
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        shutil.rmtree(workdir, ignore_errors=True)
     out("demo stopped")
     return 0
 
 
-def _run_scenario(sim: Simulator, exporter: Exporter, config: Config, options: DemoOptions,
-                  stop: threading.Event, out: Callable[[str], None]) -> None:
-    started = time.monotonic()
-    steps = list(SCENARIO)
-    next_project = started
-    next_summary = started + options.summary_interval_seconds
-    last_summary: list[str] = []
-    until = f"for {options.duration_seconds:g}s" if options.duration_seconds else "until Ctrl-C"
-    out(f"running the scenario {until}. A new project every {options.project_interval_seconds:g}s, "
-        f"{options.stamp_error_rate:.0%} of stamping fails into its DLQ.")
-    out(f"Every {options.summary_interval_seconds:g}s, when something changed, what the exporter reports:")
-    out("  lag: records each consumer group is behind; dlq: dead letters per stage;")
-    out("  events: completed/failed per stage; health: each service's /health status; - : no data yet.")
-    out("An alert fires once its condition has held for its `for` (a minute for the DLQ alerts): expect the "
-        f"first Slack message {FIRST_SLACK_MESSAGE_AFTER} in.")
-    while not stop.is_set():
-        now = time.monotonic()
-        elapsed = now - started
-        if options.duration_seconds is not None and elapsed >= options.duration_seconds:
+def _play(acts: tuple[Act, ...], drill: Drill, steady: SteadyLoad, stop: threading.Event, scale: float) -> None:
+    """A healthy span, then each act: its incidents started together, each stopped once it paged."""
+    out, clock = steady.out, steady.clock
+    out(clock.stamp("waiting until Prometheus sees every stage processing ..."))
+    while not stop.is_set() and steady.tick():
+        if drill.stack.prometheus.sees_the_pipeline_flowing(len(steady.config.stages))[0]:
             break
-        if now >= next_project:
-            project = sim.publish_project(options.files_per_project)
-            out(f"[{elapsed:4.0f}s] published project {project.project_name}: {project.files} files, "
-                f"correlation_id {project.correlation_id}")
-            next_project = now + options.project_interval_seconds
-        while steps and elapsed >= steps[0].at_seconds:
-            step = steps.pop(0)
-            step.does(sim)
-            out(f"[{elapsed:4.0f}s] {step.says}")
-        if now >= next_summary:
-            lines = summary(exporter.refresher.current, config)
-            if lines != last_summary:  # the same numbers again would only bury what changed
+        stop.wait(0.5)
+    healthy_until = time.monotonic() + HEALTHY_MINUTES * 60 * scale
+    out(clock.stamp(f"the pipeline flows and nothing pages; the first incident starts in "
+                    f"{healthy_until - time.monotonic():.0f}s"))
+    while not stop.is_set() and time.monotonic() < healthy_until and steady.tick():
+        stop.wait(0.25)
+    for number, act in enumerate(acts, start=1):
+        if stop.is_set() or steady.over():
+            return
+        out(clock.stamp(f"act {number} of {len(acts)}: {act.says}"))
+        for fault in act.incidents:
+            expected = EXPECTED[fault.name]
+            held_back = (f"{', '.join(expected.silenced)} to be held back by an inhibition; "
+                         if expected.silenced else "")
+            out(f"{'':8}expect {', '.join(expected.pages)} to page; {held_back}"
+                "then the resolved messages once it is over")
+        result = drill.run(act.incidents, timeout=ACT_MINUTES * 60 * scale,
+                           tick=lambda: not stop.is_set() and steady.tick())
+        if result.timed_out:
+            out(clock.stamp("this act took longer than it should; the machine may be busy"))
+
+
+def _acts(options: DemoOptions) -> tuple[Act, ...]:
+    if options.incident is None:
+        return STORY
+    if options.incident not in CATALOGUE:
+        raise DemoError(f"no incident named {options.incident!r}; the catalogue has {', '.join(CATALOGUE)}")
+    fault = incident(options.incident)
+    return (Act(fault.describe(), (fault,)),)
+
+
+# -- what the demo runs ----------------------------------------------------------------------------
+
+class Clock:
+    """Seconds since the demo started, in front of the lines that happen over time."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def stamp(self, line: str, at: float | None = None) -> str:
+        seconds = (at if at is not None else time.monotonic()) - self.started
+        return f"[{seconds:4.0f}s] {line}"
+
+
+class DemoEnvironment:
+    """What the incidents act on in the demo: the simulator, the exporter and the broker it runs."""
+
+    def __init__(self, simulator: Simulator, config: Config, kafka: KafkaCluster) -> None:
+        self.simulator = simulator
+        self.config = config
+        self.kafka = kafka
+        self.exporter: Exporter | None = None
+        self._port: int | None = None
+        # The broker broker-down stops: the last one, so the bootstrap's first address still answers.
+        self.broker = len(kafka.nodes) - 1
+
+    def start_exporter(self) -> None:
+        try:
+            self.exporter = build_exporter(self.config, port=self._port).start()
+        except OSError as error:
+            raise DemoError(f"cannot serve the exporter on {self.config.exporter.listen_address}: "
+                            f"{error.strerror}") from error
+        self._port = self.exporter.server.port
+
+    def stop_exporter(self) -> None:
+        if self.exporter is not None:
+            self.exporter.stop()
+
+    def stop_broker(self) -> None:
+        if len(self.kafka.nodes) < 3:
+            raise IncidentUnavailable("broker-down needs a three-node cluster: `treewatch demo --incident "
+                                      "broker-down` starts one")
+        self.kafka.stop_node(self.broker)
+
+    def start_broker(self) -> None:
+        self.kafka.start_node(self.broker)
+
+    # The drill's injector: every incident acts on this environment directly.
+    def start(self, fault: Incident) -> None:
+        fault.start(self)
+
+    def stop(self, fault: Incident) -> None:
+        fault.stop(self)
+
+
+class SteadyLoad:
+    """A project every few seconds, and the exporter's summary when lag, DLQs or health changed
+    (event counts change all the time: they are shown with the rest, at least every half minute)."""
+
+    def __init__(self, env: DemoEnvironment, config: Config, options: DemoOptions, clock: Clock,
+                 out: Callable[[str], None]) -> None:
+        self.env, self.config, self.options, self.clock, self.out = env, config, options, clock, out
+        self.next_project = time.monotonic()
+        self.next_summary = time.monotonic() + options.summary_interval_seconds
+        self.last_summary: list[str] = []
+        self.last_printed = 0.0
+
+    def over(self) -> bool:
+        return self.options.duration_seconds is not None and self.clock.elapsed() >= self.options.duration_seconds
+
+    def tick(self) -> bool:
+        """Publish and print what is due; False once the demo's --duration has passed."""
+        if self.over():
+            return False
+        now = time.monotonic()
+        if now >= self.next_project:
+            self.env.simulator.publish_project(self.options.files_per_project)
+            self.next_project = now + self.options.project_interval_seconds
+        if now >= self.next_summary and self.env.exporter is not None:
+            lines = summary(self.env.exporter.refresher.current, self.config)
+            changed = [line for line in lines if not line.startswith("events")] != [
+                line for line in self.last_summary if not line.startswith("events")]
+            # The same numbers again would only bury the Slack messages.
+            if changed or now - self.last_printed >= SUMMARY_AT_LEAST_SECONDS:
                 first, *rest = lines
-                out(f"[{elapsed:4.0f}s] {first}")
+                self.out(self.clock.stamp(first))
                 for line in rest:
-                    out(f"{'':8}{line}")
-                last_summary = lines
-            next_summary = now + options.summary_interval_seconds
-        dead = sim.failed_workers()
+                    self.out(f"{'':8}{line}")
+                self.last_summary, self.last_printed = lines, now
+            self.next_summary = now + self.options.summary_interval_seconds
+        dead = self.env.simulator.failed_workers()
         if dead:
             raise DemoError("simulated stage(s) stopped: " + "; ".join(f"{k}: {v}" for k, v in dead.items()))
-        stop.wait(0.5)
+        return True
+
+
+def _keep_running(env: DemoEnvironment, config: Config, options: DemoOptions, stop: threading.Event, clock: Clock,
+                  out: Callable[[str], None], steady: SteadyLoad | None = None) -> None:
+    steady = steady or SteadyLoad(env, config, options, clock, out)
+    while not stop.is_set() and steady.tick():
+        stop.wait(0.25)
 
 
 def summary(snapshot: Snapshot, config: Config) -> list[str]:
@@ -235,6 +330,92 @@ def summary(snapshot: Snapshot, config: Config) -> list[str]:
     ]
 
 
+# -- what it prints --------------------------------------------------------------------------------
+
+class SlackPrinter:
+    """Each Slack message as on-call would read it, with what to click or type in this demo."""
+
+    def __init__(self, monitoring: chain.MonitoringStack, clock: Clock, out: Callable[[str], None]) -> None:
+        self.monitoring, self.clock, self.out = monitoring, clock, out
+        self._counts = {"firing": 0, "resolved": 0}
+        self._lock = threading.Lock()
+
+    def count(self, status: str) -> int:
+        return self._counts[status]
+
+    def message(self, message: chain.SlackMessage) -> None:
+        with self._lock:
+            self._counts[message.status] += 1
+            lines = [self.clock.stamp(f"slack → {message.channel}: {message.title}", at=message.received_at)]
+            lines += [f"{'':8}{line}" for line in message.text.strip().splitlines()]
+            if message.status == "firing":
+                anchor = message.buttons.get("Runbook", "").rpartition("#")[2]
+                lines.append(f"{'':8}runbook: docs/runbooks.md#{anchor} (its Runbook button links there on GitHub)")
+                query = message.buttons.get("Query")
+                if query:
+                    lines.append(f"{'':8}query:   {self.monitoring.prometheus.classic(query)}")
+                labels = {"alertname": message.alertname, **message.subject}
+                silence = self.monitoring.alertmanager.amtool_commands(**labels)["silence one for an hour"]
+                lines.append(f"{'':8}silence: {silence}")
+            for line in lines:
+                self.out(line)
+
+    def heartbeat(self, count: int) -> None:
+        if count == 1:  # it repeats; once shows the path works
+            self.out(self.clock.stamp("heartbeat: the Watchdog alert reached its receiver, so Prometheus → "
+                                      "Alertmanager works (the repeats are not shown)"))
+
+
+def _say_how_alerts_run(monitoring: chain.MonitoringStack, scale: float, out: Callable[[str], None]) -> None:
+    config = monitoring.config
+    out(f"alerts run TIME-SCALED by {scale:g}: every `for`, window and Alertmanager wait is {scale:g} x the "
+        f"real one (a 5-minute `for` waits {config.duration('5m')}, Alertmanager groups for "
+        f"{config.duration(config.group_wait)}); names, expressions, routing and template are the committed ones.")
+    out(f"Slack messages for {config.slack_oncall_channel} (critical) and {config.slack_alerts_channel} (warning) "
+        "are printed below as `slack → ...`, with the seconds since the demo started.")
+
+
+def _where_to_look(config: Config, exporter: Exporter, monitoring: chain.MonitoringStack | None,
+                   control: ControlServer | None, out: Callable[[str], None]) -> None:
+    out("")
+    out("where to look:")
+    rows = [("exporter", f"{exporter.url}/metrics", "what Prometheus scrapes"),
+            ("", f"{exporter.url}/", "the exporter's landing page: what it watches, each collector's state")]
+    if monitoring is not None:
+        prometheus = monitoring.prometheus
+        rows.append(("prometheus", prometheus.alerts_page(), "the generated alert rules: inactive, pending, firing "
+                                                             "(Debian's Prometheus has only this classic UI)"))
+    rows += [(service.name, service.url, "the simulated service's health") for service in config.services]
+    width = max(len(name) for name, _, _ in rows)
+    for name, url, what in rows:
+        out(f"  {name:<{width}}  {url}  {what}")
+    if monitoring is not None:
+        out("  the overview dashboard's key panels, as Prometheus graphs of their exact queries (no Grafana here):")
+        for title, expr in dashboard_queries(KEY_PANELS):
+            out(f"    {title}: {monitoring.prometheus.graph(expr)}")
+        out("  alertmanager has no web UI in Debian's package; amtool shows the same:")
+        for what, command in monitoring.alertmanager.amtool_commands().items():
+            out(f"    {what}: {command}")
+        out("    (a Slack message's Silence button opens Alertmanager's web UI: it works with the upstream "
+            "Alertmanager, e.g. `docker compose up`'s, not with Debian's)")
+    out(f"  the operator tools, from another terminal: treewatch status --config {config.source}")
+    out("  (and trace, dlq, groups with the same --config)")
+    if control is not None:
+        out(f"  more incidents, from another terminal: treewatch incident list --simulator {control.url}")
+    out("")
+
+
+def dashboard_queries(titles: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(panel title, query) of the overview dashboard's panels named ``titles``, in that order."""
+    panels = json.loads(dashboards_generate.render(overview.build()))["panels"]
+    found = {panel["title"]: panel["targets"][0]["expr"] for panel in panels
+             if panel.get("title") in titles and panel.get("targets")}
+    missing = [title for title in titles if title not in found]
+    if missing:
+        raise DemoError(f"the overview dashboard has no panel {missing[0]!r} any more")
+    return [(title, found[title]) for title in titles]
+
+
 # -- configuration and ports --------------------------------------------------------------------
 
 def _port(default: int, free_ports: bool) -> int:
@@ -249,10 +430,20 @@ def _port(default: int, free_ports: bool) -> int:
     return default
 
 
+def _control(stack: contextlib.ExitStack, env: DemoEnvironment, free_ports: bool,
+             out: Callable[[str], None]) -> ControlServer | None:
+    try:
+        return stack.enter_context(ControlServer(IncidentControl(env),
+                                                 ("127.0.0.1", _port(DEFAULT_PORTS["control"], free_ports))))
+    except OSError as error:
+        out(f"(no incident control: {error.strerror})")
+        return None
+
+
 def _write_config(workdir: Path, bootstrap_servers: str, free_ports: bool) -> Config:
     services = {}
     for name, url in DEFAULT_SERVICES.items():
-        default = int(url.rsplit(":", 1)[1].split("/", 1)[0])
+        default = urlsplit(url).port or 80
         services[name] = {"url": f"http://127.0.0.1:{_port(default, free_ports)}/health"}
     data = {
         "env": "dev",
@@ -261,7 +452,7 @@ def _write_config(workdir: Path, bootstrap_servers: str, free_ports: bool) -> Co
         "exporter": {
             "listen_address": f"127.0.0.1:{_port(DEFAULT_PORTS['exporter'], free_ports)}",
             "refresh_interval_seconds": REFRESH_SECONDS,
-            "health_timeout_seconds": REFRESH_SECONDS / 2,
+            "health_timeout_seconds": REFRESH_SECONDS * 0.8,
         },
     }
     path = workdir / "treewatch.yaml"
@@ -269,143 +460,3 @@ def _write_config(workdir: Path, bootstrap_servers: str, free_ports: bool) -> Co
     return load_config(path, environ={})
 
 
-# -- Prometheus, Alertmanager and the stand-in for Slack ------------------------------------------
-
-class SlackSink:
-    """Slack's (and the heartbeat service's) stand-in on loopback: Alertmanager posts the messages
-    on-call would get here, and each one is printed as the Slack post it would have been."""
-
-    def __init__(self, out: Callable[[str], None]) -> None:
-        self.out = out
-        self.slack_messages = 0
-        self.heartbeats = 0
-        self._lock = threading.Lock()
-        sink = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                self.send_response(200)
-                self.end_headers()
-                self.wfile.write(b"ok")
-                sink._received(self.path, body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass  # every post is reported by _received instead
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="demo-slack-sink", daemon=True)
-
-    def url(self, path: str) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}{path}"
-
-    def _received(self, path: str, body: bytes) -> None:
-        try:
-            message = json.loads(body)
-        except ValueError:
-            self.out(f"slack: unreadable post to {path} ({len(body)} bytes)")
-            return
-        if path == HEARTBEAT_PATH:
-            with self._lock:
-                self.heartbeats += 1
-                first = self.heartbeats == 1
-            if first:  # it repeats every minute; once shows the path works
-                self.out("heartbeat: the Watchdog alert reached its receiver, so Prometheus → Alertmanager "
-                         "works (the repeats are not shown)")
-            return
-        with self._lock:
-            self.slack_messages += 1
-        attachment = (message.get("attachments") or [{}])[0]
-        self.out(f"slack: would post to {message.get('channel', '?')}: {attachment.get('title', '?')}")
-        for line in str(attachment.get("text", "")).strip().splitlines():
-            self.out(f"{'':7}{line}")
-        # The one button that leads somewhere local; Runbook and Dashboard point at the real sites.
-        silence = next((a.get("url") for a in attachment.get("actions", []) if a.get("text") == "Silence"), None)
-        if silence:
-            self.out(f"{'':7}its Silence button: {silence}")
-
-    def __enter__(self) -> SlackSink:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=10)
-
-
-@contextlib.contextmanager
-def _alertmanager(workdir: Path, sink: SlackSink, free_ports: bool, out: Callable[[str], None]) -> Iterator[str]:
-    """Alertmanager with the generated routing, inhibitions and Slack template; only where it
-    posts (the local sink, for Slack and for the Watchdog heartbeat a deployment may set) and how
-    long it groups (so the demo moves) differ from the committed alerts/generated/alertmanager.yml."""
-    port = _port(DEFAULT_PORTS["alertmanager"], free_ports)
-    url = f"http://127.0.0.1:{port}"
-    folder = workdir / "alertmanager"
-    secret = workdir / "slack-api-url"
-    secret.write_text(sink.url(SLACK_PATH) + "\n")
-    config = dataclasses.replace(MONITORING, slack_api_url_file=str(secret),
-                                 heartbeat_url=sink.url(HEARTBEAT_PATH),
-                                 group_wait=DEMO_GROUP_WAIT, group_interval=DEMO_GROUP_INTERVAL)
-    alerts_generate.write(folder, config)
-    with running_process("alertmanager", [
-        str(ALERTMANAGER), f"--config.file={folder / alerts_generate.ALERTMANAGER_FILE}",
-        f"--storage.path={folder / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
-        # The Slack messages' Silence button links here.
-        f"--web.external-url={url}", "--cluster.listen-address=",
-    ], f"{url}/-/ready", workdir / "alertmanager.log"):
-        out(f"alertmanager ready: the generated routing and Slack template; messages for "
-            f"{MONITORING.slack_oncall_channel} and {MONITORING.slack_alerts_channel} "
-            f"are printed below as `slack: would post to ...`")
-        yield url
-
-
-@contextlib.contextmanager
-def _prometheus(workdir: Path, exporter: Exporter, alertmanager_url: str, free_ports: bool,
-                out: Callable[[str], None]) -> Iterator[str]:
-    port = _port(DEFAULT_PORTS["prometheus"], free_ports)
-    rule_files = []
-    if not RULES_FILE.exists():
-        out(f"(no {RULES_FILE.relative_to(REPO)} yet; `make generate` writes it. "
-            "Prometheus runs without rules)")
-    elif not _rules_valid(out):
-        out(f"({RULES_FILE.relative_to(REPO)} does not pass promtool: Prometheus runs without rules)")
-    else:
-        rule_files.append(str(RULES_FILE))
-    config = workdir / "prometheus.yml"
-    config.write_text(yaml.safe_dump({
-        "global": {"scrape_interval": f"{SCRAPE_SECONDS}s", "evaluation_interval": f"{SCRAPE_SECONDS}s"},
-        "rule_files": rule_files,
-        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [_host_port(alertmanager_url)]}]}]},
-        # job="treewatch" is what every generated rule selects.
-        "scrape_configs": [{"job_name": "treewatch",
-                            "static_configs": [{"targets": [_host_port(exporter.url)]}]}],
-    }, sort_keys=False))
-    url = f"http://127.0.0.1:{port}"
-    with running_process("prometheus", [
-        str(PROMETHEUS), f"--config.file={config}", f"--storage.tsdb.path={workdir / 'prometheus'}",
-        f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=1d",
-        # The alerts' source links (a Slack message's Query button) point here.
-        f"--web.external-url={url}",
-    ], f"{url}/-/ready", workdir / "prometheus.log"):
-        if rule_files:
-            out(f"prometheus ready: scraping the exporter every {SCRAPE_SECONDS}s and evaluating the "
-                f"generated alert rules ({RULES_FILE.relative_to(REPO)})")
-        else:
-            out(f"prometheus ready: scraping the exporter every {SCRAPE_SECONDS}s, no alert rules loaded")
-        yield url
-
-
-def _rules_valid(out: Callable[[str], None]) -> bool:
-    if not PROMTOOL.exists():
-        return True
-    result = subprocess.run([str(PROMTOOL), "check", "rules", str(RULES_FILE)],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        out((result.stdout + result.stderr).strip())
-    return result.returncode == 0
-
-
-def _host_port(url: str) -> str:
-    return url.split("//", 1)[1].rstrip("/")
