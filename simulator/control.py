@@ -17,11 +17,12 @@ import json
 import logging
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import httpx
 
+from pipeline.http_serving import BackgroundHTTPServer
 from simulator.incidents import CATALOGUE, Environment, Incident, IncidentUnavailable, incident
 
 log = logging.getLogger("treewatch.simulator.control")
@@ -95,7 +96,7 @@ def catalogue_entries() -> list[dict[str, Any]]:
     return entries
 
 
-class ControlServer:
+class ControlServer(BackgroundHTTPServer):
     """``IncidentControl`` served over HTTP; ``with ControlServer(control, ("127.0.0.1", 9850)) as server``."""
 
     def __init__(self, control: IncidentControl, address: tuple[str, int]) -> None:
@@ -160,23 +161,11 @@ class ControlServer:
             def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (http.server's signature)
                 log.debug("control: " + format, *args)
 
-        self._server = ThreadingHTTPServer(address, Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="simulator-control", daemon=True)
+        super().__init__(address, Handler, name="simulator-control")
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def __enter__(self) -> ControlServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=10)
+        return self.base_url
 
 
 class ControlClient:

@@ -170,7 +170,28 @@ class StageStalled(_StageIncident):
 
 
 @dataclass
-class StageSlow(_StageIncident):
+class _StageSetting(_StageIncident):
+    """An incident that changes one of the stage's behaviours (``setting``, a StageBehaviour field)
+    while it runs, and puts back what was there before when it stops."""
+
+    setting: ClassVar[str]
+    _before: StageBehaviour | None = dataclasses.field(default=None, init=False, repr=False)
+
+    @abstractmethod
+    def value(self) -> float:
+        """What the setting is while the incident runs."""
+
+    def start(self, env: Environment) -> None:
+        self._before = env.simulator.behaviour(self.stage)
+        env.simulator.configure(self.stage, **{self.setting: self.value()})
+
+    def stop(self, env: Environment) -> None:
+        before = getattr(self._before, self.setting) if self._before is not None else 0.0
+        env.simulator.configure(self.stage, **{self.setting: before})
+
+
+@dataclass
+class StageSlow(_StageSetting):
     name: ClassVar[str] = "stage-slow"
     summary: ClassVar[str] = ("each request takes the stage {seconds_per_request:g}s, so it processes fewer files "
                               "a second than the guide's floor while work waits")
@@ -178,39 +199,29 @@ class StageSlow(_StageIncident):
     stage: str = "stamp"
     # 0.1 s: at most 10 files/s, well under the guide's floor of 1,000 a minute (16.67/s).
     seconds_per_request: float = 0.1
-    _before: StageBehaviour | None = dataclasses.field(default=None, init=False, repr=False)
+    setting: ClassVar[str] = "delay_seconds"
 
-    def start(self, env: Environment) -> None:
-        self._before = env.simulator.behaviour(self.stage)
-        env.simulator.configure(self.stage, delay_seconds=self.seconds_per_request)
-
-    def stop(self, env: Environment) -> None:
-        before = self._before.delay_seconds if self._before is not None else 0.0
-        env.simulator.configure(self.stage, delay_seconds=before)
+    def value(self) -> float:
+        return self.seconds_per_request
 
 
 @dataclass
-class FailureRate(_StageIncident):
+class FailureRate(_StageSetting):
     name: ClassVar[str] = "failure-rate"
     summary: ClassVar[str] = ("{share:.0%} of the stage's requests fail with the guide's error types: a failed "
                               "event and a dead letter each")
     guide: ClassVar[str] = "Monitoring & Alerts: Error Rate (above 5 %)"
     stage: str = "stamp"
     share: float = 0.2
-    _before: StageBehaviour | None = dataclasses.field(default=None, init=False, repr=False)
+    setting: ClassVar[str] = "error_rate"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 0 < self.share <= 1:
             raise ValueError(f"share must be in (0, 1], got {self.share}")
 
-    def start(self, env: Environment) -> None:
-        self._before = env.simulator.behaviour(self.stage)
-        env.simulator.configure(self.stage, error_rate=self.share)
-
-    def stop(self, env: Environment) -> None:
-        before = self._before.error_rate if self._before is not None else 0.0
-        env.simulator.configure(self.stage, error_rate=before)
+    def value(self) -> float:
+        return self.share
 
 
 @dataclass

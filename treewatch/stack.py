@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -35,6 +35,7 @@ import yaml
 from alerts import generate as alerts_generate
 from alerts.config import CONFIG, MonitoringConfig
 from devkafka.processes import running_process
+from pipeline.http_serving import BackgroundHTTPServer
 
 PROMETHEUS = Path("/usr/bin/prometheus")
 PROMTOOL = Path("/usr/bin/promtool")
@@ -110,7 +111,7 @@ class Post:
     received_at: float
 
 
-class SlackSink:
+class SlackSink(BackgroundHTTPServer):
     """Slack's (and the heartbeat service's) stand-in on loopback: it answers every POST with "ok",
     records it, and hands each Slack message to the ``on_message`` callbacks."""
 
@@ -132,12 +133,10 @@ class SlackSink:
             def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (http.server's signature)
                 pass  # every post is recorded instead
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="slack-sink", daemon=True)
+        super().__init__(("127.0.0.1", 0), Handler, name="slack-sink")
 
     def url(self, path: str) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}{path}"
+        return self.base_url + path
 
     def posts(self, path: str | None = None) -> list[Post]:
         with self._lock:
@@ -167,14 +166,6 @@ class SlackSink:
             for heartbeat in self.on_heartbeat:
                 heartbeat(heartbeats)
 
-    def __enter__(self) -> SlackSink:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=10)
 
 
 # -- Alertmanager ----------------------------------------------------------------------------------
