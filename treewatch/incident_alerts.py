@@ -75,9 +75,11 @@ EXPECTED: dict[str, Expected] = {
     ),
     "broker-down": Expected(
         pages=("KafkaBrokersDown", "KafkaUnderReplicatedPartitions", "KafkaLeaderlessPartitions"),
-        may_follow=("TreewatchCollectorFailing", "TreewatchDataStale", "KafkaConsumerGroupsPartiallyRead"),
+        may_follow=("TreewatchCollectorFailing", "TreewatchDataStale", "KafkaConsumerGroupsPartiallyRead",
+                    "ConsumerGroupStalled"),
         why="the broker still hosts replicas: partitions it replicated are under-replicated, those it was the only"
-            " replica of have no leader; reading them fails for the exporter's DLQ reader meanwhile",
+            " replica of have no leader; reading them fails for the exporter's DLQ reader meanwhile; a stage whose"
+            " consumer cannot commit while its coordinator moves or its group rebalances may stall for real",
     ),
     "exporter-down": Expected(
         pages=("TreewatchExporterDown",),
