@@ -4,6 +4,11 @@ critical pages #tree-stamping-oncall, warning goes to #tree-stamping-alerts, inf
 Watchdog goes to a heartbeat webhook when ``heartbeat_url`` is set (and nowhere otherwise). The
 Slack webhook URL is read from a file that deployment mounts (``slack_api_url_file``), so no secret
 ever lives in the repository.
+
+One Alertmanager may serve several environments (alerts/environments.py): alerts are grouped by
+``env`` and ``cluster``, an inhibition mutes only alerts of its own environment and cluster, and an
+environment whose policy does not page (``environments`` in the config) sends its critical alerts
+to the warnings channel.
 """
 
 from __future__ import annotations
@@ -11,15 +16,17 @@ from __future__ import annotations
 from typing import Any
 
 from alerts.config import MonitoringConfig
+from alerts.environments import ENVIRONMENT_LABELS, non_paging_routes
 
 ONCALL_RECEIVER = "slack-oncall"
 ALERTS_RECEIVER = "slack-alerts"
 HEARTBEAT_RECEIVER = "heartbeat"
 NULL_RECEIVER = "null"
 
-# Alerts of one name and one stage (or service) make one Slack message; partitions and topics of
-# the same problem are listed in it rather than paging once each.
-GROUP_BY = ("alertname", "stage", "service")
+# Alerts of one name, environment and stage (or service) make one Slack message; partitions and
+# topics of the same problem are listed in it rather than paging once each, and two environments'
+# incidents never share a message.
+GROUP_BY = ("alertname", *ENVIRONMENT_LABELS, "stage", "service")
 
 # What a Kafka outage makes fire on its own: lag grows, throughput drops, the exporter's
 # Kafka-backed collectors fail and the SLI's counters go stale. The per-exporter ones carry the
@@ -33,10 +40,11 @@ KAFKA_CONSEQUENCES_PER_STAGE = ("LowThroughput", "StageSLIMissing")
 KAFKA_BACKED_COLLECTORS = "kafka_.*|pipeline|dlq"
 
 SLACK_TEMPLATE = r"""
-{{/* Title: status and count, severity, alert, and the stage or service it is about. */}}
+{{/* Title: status and count, severity, alert, and the environment, stage or service it is about. */}}
 {{ define "treewatch.slack.title" -}}
 [{{ .Status | toUpper }}{{ if eq .Status "firing" }}:{{ .Alerts.Firing | len }}{{ end }}]
 {{- if .CommonLabels.severity }} {{ .CommonLabels.severity | toUpper }}{{ end }} {{ .CommonLabels.alertname }}
+{{- if .CommonLabels.env }} · env {{ .CommonLabels.env }}{{ end }}
 {{- if .CommonLabels.stage }} · stage {{ .CommonLabels.stage }}{{ end }}
 {{- if .CommonLabels.service }} · service {{ .CommonLabels.service }}{{ end }}
 {{- end }}
@@ -101,31 +109,41 @@ def _heartbeat(url: str, config: MonitoringConfig) -> dict[str, Any]:
     return webhook
 
 
+def _same(*labels: str) -> list[str]:
+    """An inhibition's ``equal``: ``labels`` and the environment and cluster, so an incident in one
+    environment never mutes another's (alerts without env and cluster labels match as before)."""
+    return [*ENVIRONMENT_LABELS, *labels]
+
+
 def inhibit_rules() -> list[dict[str, Any]]:
     return [
         # A page already says it; the warning of the same alert and stage would only repeat it.
         {"source_matchers": ['severity="critical"'], "target_matchers": ['severity="warning"'],
-         "equal": ["alertname", "stage"]},
+         "equal": _same("alertname", "stage")},
         # HighErrorRate already paged for the stage's failures; the fast burn is the same incident.
         {"source_matchers": ['alertname="HighErrorRate"'], "target_matchers": ['alertname="StageErrorBudgetBurn"'],
-         "equal": ["stage"]},
+         "equal": _same("stage")},
         # An unreachable cluster mutes only what it causes through the exporter that cannot reach it.
         {"source_matchers": ['alertname="KafkaUnavailable"'],
          "target_matchers": [f'alertname=~"{"|".join(KAFKA_CONSEQUENCES_PER_EXPORTER)}"'],
-         "equal": ["job", "instance"]},
+         "equal": _same("job", "instance")},
         {"source_matchers": ['alertname="KafkaUnavailable"'],
          "target_matchers": [f'alertname=~"{"|".join(KAFKA_CONSEQUENCES_PER_STAGE)}"'],
-         "equal": ["job"]},
+         "equal": _same("job")},
         {"source_matchers": ['alertname="KafkaUnavailable"'],
          "target_matchers": ['alertname=~"TreewatchCollectorFailing|TreewatchDataStale"',
                              f'collector=~"{KAFKA_BACKED_COLLECTORS}"'],
-         "equal": ["job", "instance"]},
+         "equal": _same("job", "instance")},
         # A stalled group also has lag; the stall is the cause to act on.
         {"source_matchers": ['alertname="ConsumerGroupStalled"'],
-         "target_matchers": ['alertname=~"HighConsumerLag|ConsumerLagTooOld"'], "equal": ["group", "topic"]},
+         "target_matchers": ['alertname=~"HighConsumerLag|ConsumerLagTooOld"'], "equal": _same("group", "topic")},
         {"source_matchers": ['alertname="DLQOverflow"'], "target_matchers": ['alertname="DLQNewRecords"'],
-         "equal": ["topic"]},
-        {"source_matchers": ['alertname=~"TreewatchExporterDown|TreewatchExporterMissing"'],
+         "equal": _same("topic")},
+        {"source_matchers": ['alertname="TreewatchExporterDown"'],
+         "target_matchers": ['alertname="StageSLIMissing"'], "equal": _same("job")},
+        # TreewatchExporterMissing is absent(): it carries no env or cluster (no exporter of the job
+        # reports anywhere), so it mutes the job's StageSLIMissing in every environment.
+        {"source_matchers": ['alertname="TreewatchExporterMissing"'],
          "target_matchers": ['alertname="StageSLIMissing"'], "equal": ["job"]},
     ]
 
@@ -155,6 +173,8 @@ def alertmanager_config(config: MonitoringConfig) -> dict[str, Any]:
                 {"matchers": ['alertname="Watchdog"'], "receiver": HEARTBEAT_RECEIVER if heartbeat else NULL_RECEIVER,
                  "group_wait": "0s", "group_interval": duration(config.heartbeat_repeat_interval),
                  "repeat_interval": duration(config.heartbeat_repeat_interval)},
+                # Before the on-call route: an environment that does not page only warns.
+                *non_paging_routes(config.environments, ALERTS_RECEIVER, duration(config.warning_repeat_interval)),
                 {"matchers": ['severity="critical"'], "receiver": ONCALL_RECEIVER,
                  "repeat_interval": duration(config.critical_repeat_interval)},
                 {"matchers": ['severity="warning"'], "receiver": ALERTS_RECEIVER},

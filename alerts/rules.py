@@ -6,8 +6,10 @@ metrics carry no ``stage``: the exporter's ``tree_pipeline_stage_info{stage, gro
 dlq_topic}`` (the running pipeline's configuration) is joined to them, so a group alert says which
 stage is stuck and a renamed group or topic needs no change here.
 
-Recording rules are named level:metric:operations (level = the labels kept besides ``job``; the
-names are in alerts/config.py because the dashboards query them too). Two
+Recording rules are named level:metric:operations (level = the labels kept besides ``job``, ``env``
+and ``cluster``; the names are in alerts/config.py because the dashboards query them too). Every
+aggregation and join keeps ``env`` and ``cluster`` (alerts/environments.py): one Prometheus may watch
+the pipelines of several environments, and their numbers must never add up or match. Two
 exporter replicas scrape the same Kafka and report the same numbers, so the rules take the max over
 ``instance`` before they add anything up.
 """
@@ -26,6 +28,7 @@ from alerts.config import (
     MonitoringConfig,
     error_ratio_rule,
 )
+from alerts.environments import keeping_environment
 
 SEVERITIES = ("critical", "warning", "info")
 
@@ -60,7 +63,7 @@ class Alert:
         rule: dict[str, Any] = {"alert": self.name, "expr": self.expr}
         if self.for_ != "0m":
             rule["for"] = config.duration(self.for_)
-        rule["labels"] = {"severity": self.severity, **self.labels}
+        rule["labels"] = {"severity": self.severity, **self.labels, **config.extra_labels}
         rule["annotations"] = {
             "summary": self.summary,
             "description": self.description,
@@ -93,18 +96,19 @@ def _stage_info(config: MonitoringConfig) -> str:
 
 def _with_stage(expr: str, config: MonitoringConfig) -> str:
     """Attach the stage of a consumer group: only the pipeline's groups remain."""
-    info = f"group by (job, instance, group, stage) ({_stage_info(config)})"
-    return f"({expr}) * on (job, instance, group) group_left (stage) {info}"
+    info = f"group by ({keeping_environment('job', 'instance', 'group', 'stage')}) ({_stage_info(config)})"
+    return f"({expr}) * on ({keeping_environment('job', 'instance', 'group')}) group_left (stage) {info}"
 
 
 def _error_ratio(config: MonitoringConfig, window: str) -> str:
     job = config.exporter_selector
     window = config.duration(window)
-    processed = f"sum by (job, stage) ({_one_replica(f'rate(tree_events_processed_total{{{job}}}[{window}])')})"
+    by_stage = keeping_environment("job", "stage")
+    processed = f"sum by ({by_stage}) ({_one_replica(f'rate(tree_events_processed_total{{{job}}}[{window}])')})"
     failed = _one_replica(f'rate(tree_events_processed_total{{{job}, status="failed"}}[{window}])')
     # A stage without failed series counts 0 failures; a stage that processed nothing has no
     # ratio at all (never 0/0 = NaN).
-    return f"(sum by (job, stage) ({failed}) or {processed} * 0) / ({processed} > 0)"
+    return f"(sum by ({by_stage}) ({failed}) or {processed} * 0) / ({processed} > 0)"
 
 
 def recording_rules(config: MonitoringConfig) -> RuleGroup:
@@ -112,20 +116,21 @@ def recording_rules(config: MonitoringConfig) -> RuleGroup:
     lag = _one_replica(_with_stage(f"kafka_consumer_group_lag{{{job}}}", config))
     processed = _one_replica(f"rate(tree_events_processed_total{{{job}}}[{config.duration('5m')}])")
     # Which topic is a stage's DLQ comes from the running configuration, not from the topic's name.
-    dlq_topics = (f'group by (job, topic, stage) (label_replace({_stage_info(config)},'
+    dlq_topics = (f'group by ({keeping_environment("job", "topic", "stage")}) (label_replace({_stage_info(config)},'
                   f' "topic", "$1", "dlq_topic", "(.*)"))')
     dlq_window = config.duration(config.dlq_window)
     written = _one_replica(f"increase(kafka_topic_partition_current_offset{{{job}}}[{dlq_window}])")
     ratios = tuple(Recording(error_ratio_rule(window), _error_ratio(config, window))
                    for window in ERROR_RATIO_WINDOWS)
     return RuleGroup("treewatch.recording", (
-        Recording(STAGE_CONSUMER_LAG, f"sum by (job, stage) ({lag})"),
-        Recording(STAGE_PROCESSED_RATE, f"sum by (job, stage) ({processed})"),
+        Recording(STAGE_CONSUMER_LAG, f"sum by ({keeping_environment('job', 'stage')}) ({lag})"),
+        Recording(STAGE_PROCESSED_RATE, f"sum by ({keeping_environment('job', 'stage')}) ({processed})"),
         Recording(
             DLQ_RECORDS_WRITTEN,
             # The DLQ's high watermark counts every dead letter ever written, whatever retention
             # or reprocessing did since, and needs only the topics collector (not the DLQ tail).
-            f"sum by (job, stage, topic) ({written} * on (job, topic) group_left (stage) {dlq_topics})",
+            f"sum by ({keeping_environment('job', 'stage', 'topic')})"
+            f" ({written} * on ({keeping_environment('job', 'topic')}) group_left (stage) {dlq_topics})",
         ),
         *ratios,
     ))
@@ -147,14 +152,14 @@ def guide_alerts(config: MonitoringConfig) -> RuleGroup:
     lag = f"kafka_consumer_group_lag{{{job}}}"
     # Groups outside the pipeline keep the guide's alert, without a stage.
     other_groups = (f'kafka_consumer_group_lag{{{job}, group!~"{config.lag_ignored_groups}"}}'
-                    f" unless on (job, instance, group) {_stage_info(config)}")
+                    f" unless on ({keeping_environment('job', 'instance', 'group')}) {_stage_info(config)}")
     backlog = config.low_throughput_events_per_second * config.seconds(config.low_throughput_backlog_seconds)
-    slow_stages = "|".join(config.low_throughput_stages)
+    exempt_stages = "|".join(config.low_throughput_exempt_stages)
     return RuleGroup("tree_stamping_alerts", (
         Alert(
             "HighConsumerLag",
             f"({_with_stage(lag, config)} or {other_groups}) > {config.consumer_lag_records}",
-            "5m", "warning",
+            config.high_consumer_lag_for, "warning",
             "High consumer lag detected",
             "Consumer group {{ $labels.group }}{{ with $labels.stage }} (stage {{ . }}){{ end }} has lag of"
             " {{ $value | humanize }} records on {{ $labels.topic }} partition {{ $labels.partition }}"
@@ -164,7 +169,7 @@ def guide_alerts(config: MonitoringConfig) -> RuleGroup:
         Alert(
             "DLQOverflow",
             f"{DLQ_RECORDS_WRITTEN} > {config.dlq_overflow_records_5m}",
-            "1m", "critical",
+            config.dlq_overflow_for, "critical",
             "Dead Letter Queue overflow",
             "DLQ topic {{ $labels.topic }} (stage {{ $labels.stage }}) has {{ $value | humanize }} new"
             f" failures in the last {config.duration(config.dlq_window)} (threshold {config.dlq_overflow_records_5m}).",
@@ -172,9 +177,9 @@ def guide_alerts(config: MonitoringConfig) -> RuleGroup:
         ),
         Alert(
             "LowThroughput",
-            f'{STAGE_PROCESSED_RATE}{{stage=~"{slow_stages}"}} < {_num(config.low_throughput_events_per_second)}'
-            f" and on (job, stage) {STAGE_CONSUMER_LAG} > {_num(backlog)}",
-            "5m", "warning",
+            f'{STAGE_PROCESSED_RATE}{{stage!~"{exempt_stages}"}} < {_num(config.low_throughput_events_per_second)}'
+            f" and on ({keeping_environment('job', 'stage')}) {STAGE_CONSUMER_LAG} > {_num(backlog)}",
+            config.low_throughput_for, "warning",
             "Low event processing throughput",
             "Stage {{ $labels.stage }} throughput is {{ $value | humanize }} events/sec while more than"
             f" {_num(backlog)} records wait for it"
@@ -184,8 +189,9 @@ def guide_alerts(config: MonitoringConfig) -> RuleGroup:
         Alert(
             "HighErrorRate",
             f"{error_ratio_rule('5m')} > {_num(config.error_ratio)}"
-            f" and on (job, stage) {STAGE_PROCESSED_RATE} >= {_num(config.error_ratio_min_events_per_second)}",
-            "5m", "critical",
+            f" and on ({keeping_environment('job', 'stage')}) {STAGE_PROCESSED_RATE}"
+            f" >= {_num(config.error_ratio_min_events_per_second)}",
+            config.high_error_rate_for, "critical",
             "High event processing error rate",
             "Stage {{ $labels.stage }} error rate is {{ $value | humanizePercentage }}"
             f" (target: <{_num(config.error_ratio * 100)}%).",
@@ -204,8 +210,8 @@ def slo_alerts(config: MonitoringConfig) -> RuleGroup:
 
     job = config.exporter_selector
     # A stage the running pipeline has (its info series) but no processed counters for.
-    missing = (f"group by (job, stage) ({_stage_info(config)})"
-               f" unless on (job, stage) tree_events_processed_total{{{job}}}")
+    missing = (f"group by ({keeping_environment('job', 'stage')}) ({_stage_info(config)})"
+               f" unless on ({keeping_environment('job', 'stage')}) tree_events_processed_total{{{job}}}")
     def description(factors: str, consequence: str) -> str:
         return (
             "Stage {{ $labels.stage }} fails {{ $value | humanizePercentage }} of its events, burning its"
@@ -217,7 +223,7 @@ def slo_alerts(config: MonitoringConfig) -> RuleGroup:
             "StageErrorBudgetBurn",
             f"{burning('1h', '5m', config.burn_rate_fast_1h)}"
             f" or {burning('6h', '30m', config.burn_rate_fast_6h)}",
-            "2m", "critical",
+            config.fast_burn_for, "critical",
             "A stage is burning its error budget fast",
             description(f"{_num(config.burn_rate_fast_6h)} to {_num(config.burn_rate_fast_1h)}",
                                "at this rate the 30-day budget is gone within days"),
@@ -228,7 +234,7 @@ def slo_alerts(config: MonitoringConfig) -> RuleGroup:
             "StageErrorBudgetBurn",
             f"{burning('1d', '2h', config.burn_rate_slow_1d)}"
             f" or {burning('3d', '6h', config.burn_rate_slow_3d)}",
-            "15m", "warning",
+            config.slow_burn_for, "warning",
             "A stage is burning its error budget slowly",
             description(f"{_num(config.burn_rate_slow_3d)} to {_num(config.burn_rate_slow_1d)}",
                                "the 30-day budget will not last the month"),
@@ -238,7 +244,7 @@ def slo_alerts(config: MonitoringConfig) -> RuleGroup:
         Alert(
             "StageSLIMissing",
             missing,
-            "10m", "warning",
+            config.stage_sli_missing_for, "warning",
             "A stage's SLI has no data",
             "Prometheus has no tree_events_processed_total series for stage {{ $labels.stage }}, so its error"
             " ratio and error budget cannot be computed and the SLO alerts for it are blind.",
@@ -253,8 +259,9 @@ def _collector_failing(matchers: str) -> str:
     succeeded since the exporter started (the exporter has no last-success series for it then)."""
     success = f"treewatch_collector_success{{{matchers}}}"
     last_success = f"treewatch_collector_last_success_timestamp_seconds{{{matchers}}}"
-    return (f"(time() - {last_success} and on (job, instance, collector) {success} == 0)"
-            f" or ({success} == 0 unless on (job, instance, collector) {last_success})")
+    same_collector = keeping_environment("job", "instance", "collector")
+    return (f"(time() - {last_success} and on ({same_collector}) {success} == 0)"
+            f" or ({success} == 0 unless on ({same_collector}) {last_success})")
 
 
 # For the value _collector_failing gives: an age, or 0 for "never".
@@ -268,7 +275,7 @@ def kafka_alerts(config: MonitoringConfig) -> RuleGroup:
         Alert(
             "KafkaUnavailable",
             _collector_failing(f'{job}, collector="kafka_cluster"'),
-            "1m", "critical",
+            config.kafka_unavailable_for, "critical",
             "Kafka is unavailable",
             "The treewatch exporter at {{ $labels.instance }} cannot read the Kafka cluster's metadata;"
             f" {_LAST_SUCCESS}.",
@@ -277,7 +284,7 @@ def kafka_alerts(config: MonitoringConfig) -> RuleGroup:
         Alert(
             "KafkaBrokersDown",
             f"kafka_cluster_brokers_down{{{job}}} > 0",
-            "1m", "critical",
+            config.kafka_brokers_down_for, "critical",
             "Kafka brokers are down",
             "{{ $value | humanize }} Kafka broker(s) host replicas but are not live.",
             OVERVIEW_DASHBOARD_UID,
@@ -285,7 +292,7 @@ def kafka_alerts(config: MonitoringConfig) -> RuleGroup:
         Alert(
             "KafkaLeaderlessPartitions",
             f"kafka_topic_leaderless_partitions{{{job}}} > 0",
-            "1m", "critical",
+            config.kafka_leaderless_partitions_for, "critical",
             "Kafka partitions have no leader",
             "Topic {{ $labels.topic }} has {{ $value | humanize }} partition(s) without a leader: nothing"
             " can be written to or read from them.",
@@ -294,7 +301,7 @@ def kafka_alerts(config: MonitoringConfig) -> RuleGroup:
         Alert(
             "KafkaUnderReplicatedPartitions",
             f"kafka_topic_under_replicated_partitions{{{job}}} > 0",
-            "5m", "warning",
+            config.kafka_under_replicated_partitions_for, "warning",
             "Kafka partitions are under-replicated",
             "Topic {{ $labels.topic }} has {{ $value | humanize }} under-replicated partition(s): one more"
             " broker failure can make them unavailable or lose data.",
@@ -306,6 +313,7 @@ def kafka_alerts(config: MonitoringConfig) -> RuleGroup:
 def consumer_group_alerts(config: MonitoringConfig) -> RuleGroup:
     job = config.exporter_selector
     lag = f"kafka_consumer_group_lag{{{job}}}"
+    one_group = keeping_environment("job", "instance", "group")
     return RuleGroup("treewatch.consumer-groups", (
         Alert(
             "ConsumerGroupStalled",
@@ -314,7 +322,7 @@ def consumer_group_alerts(config: MonitoringConfig) -> RuleGroup:
                 f" > {_num(config.seconds(config.consumer_stalled_seconds))} and {lag} > 0",
                 config,
             ),
-            "5m", "critical",
+            config.consumer_group_stalled_for, "critical",
             "A consumer group makes no progress",
             "Consumer group {{ $labels.group }} (stage {{ $labels.stage }}) has not committed progress on"
             " {{ $labels.topic }} partition {{ $labels.partition }} for {{ $value | humanizeDuration }}"
@@ -324,11 +332,10 @@ def consumer_group_alerts(config: MonitoringConfig) -> RuleGroup:
         Alert(
             "ConsumerGroupNoMembers",
             _with_stage(
-                f"sum by (job, instance, group) ({lag}) > 0"
-                f" and on (job, instance, group) kafka_consumer_group_members{{{job}}} == 0",
+                f"sum by ({one_group}) ({lag}) > 0 and on ({one_group}) kafka_consumer_group_members{{{job}}} == 0",
                 config,
             ),
-            "5m", "critical",
+            config.consumer_group_no_members_for, "critical",
             "A stage's consumer group has no members while work waits",
             "Consumer group {{ $labels.group }} of stage {{ $labels.stage }} has no members while"
             " {{ $value | humanize }} records wait for it.",
@@ -336,10 +343,10 @@ def consumer_group_alerts(config: MonitoringConfig) -> RuleGroup:
         ),
         Alert(
             "ConsumerLagTooOld",
-            _with_stage(f"max by (job, instance, group, topic) (kafka_consumer_group_lag_seconds{{{job}}})",
-                        config)
+            _with_stage(f"max by ({keeping_environment('job', 'instance', 'group', 'topic')})"
+                        f" (kafka_consumer_group_lag_seconds{{{job}}})", config)
             + f" > {_num(config.seconds(config.consumer_lag_max_age_seconds))}",
-            "5m", "warning",
+            config.consumer_lag_too_old_for, "warning",
             "The oldest unconsumed record is too old",
             "The oldest record consumer group {{ $labels.group }} (stage {{ $labels.stage }}) has not"
             " consumed from {{ $labels.topic }} is {{ $value | humanizeDuration }} old"
@@ -367,7 +374,7 @@ def dlq_alerts(config: MonitoringConfig) -> RuleGroup:
         Alert(
             "DLQNewRecords",
             f"{DLQ_RECORDS_WRITTEN} > 0",
-            "1m", "warning",
+            config.dlq_new_records_for, "warning",
             "New records in a dead letter queue",
             "{{ $value | humanize }} new dead letter(s) arrived in {{ $labels.topic }}"
             f" (stage {{{{ $labels.stage }}}}) in the last {config.duration(config.dlq_window)}.",
@@ -377,7 +384,7 @@ def dlq_alerts(config: MonitoringConfig) -> RuleGroup:
             "DLQRecordsUnhandled",
             f"time() - tree_dlq_oldest_record_timestamp_seconds{{{job}}}"
             f" > {_num(config.seconds(config.dlq_oldest_record_max_age_seconds))}",
-            "5m", "warning",
+            config.dlq_records_unhandled_for, "warning",
             "Dead letters are left unhandled",
             "The oldest dead letter in {{ $labels.topic }} (stage {{ $labels.stage }}) is"
             " {{ $value | humanizeDuration }} old: nobody has reprocessed or purged it.",
@@ -396,7 +403,7 @@ def service_alerts(config: MonitoringConfig) -> RuleGroup:
             # from a dead one.
             f"avg_over_time(tree_service_probe_success{{{job}}}[{config.duration(config.service_probe_window)}])"
             f" and tree_service_probe_success{{{job}}} == 0",
-            "2m", "critical",
+            config.tree_service_down_for, "critical",
             "A tree stamping service is down",
             "Service {{ $labels.service }} does not answer its health check;"
             " {{ $value | humanizePercentage }} of its probes succeeded over the last"
@@ -406,7 +413,7 @@ def service_alerts(config: MonitoringConfig) -> RuleGroup:
         Alert(
             "TreeServiceDegraded",
             f"avg_over_time({not_healthy}[{config.duration(config.service_degraded_window)}]) and {not_healthy} == 1",
-            "5m", "warning",
+            config.tree_service_degraded_for, "warning",
             "A tree stamping service reports itself degraded",
             "Service {{ $labels.service }} reports status {{ $labels.status }}; it did for"
             f" {{{{ $value | humanizePercentage }}}} of the last {config.duration(config.service_degraded_window)}.",
@@ -423,7 +430,7 @@ def meta_alerts(config: MonitoringConfig) -> RuleGroup:
         Alert(
             "TreewatchExporterDown",
             f"avg_over_time(up{{{job}}}[{scrapes}]) and up{{{job}}} == 0",
-            "2m", "critical",
+            config.treewatch_exporter_down_for, "critical",
             "The treewatch exporter is down",
             "Prometheus cannot scrape the treewatch exporter at {{ $labels.instance }}; {{ $value |"
             f" humanizePercentage }}}} of scrapes succeeded over the last {scrapes}."
@@ -432,8 +439,11 @@ def meta_alerts(config: MonitoringConfig) -> RuleGroup:
         ),
         Alert(
             "TreewatchExporterMissing",
+            # absent() can only say no exporter of the job reports in ANY environment: it knows no
+            # env it has never seen. One environment's exporter that stops answering is
+            # TreewatchExporterDown's, with its env and cluster.
             f"absent(up{{{job}}})",
-            "5m", "critical",
+            config.treewatch_exporter_missing_for, "critical",
             "Prometheus does not scrape the treewatch exporter",
             "Prometheus has no target for job {{ $labels.job }}: the scrape configuration lost the exporter,"
             " and every other pipeline alert is blind.",
@@ -443,7 +453,7 @@ def meta_alerts(config: MonitoringConfig) -> RuleGroup:
         Alert(
             "TreewatchCollectorFailing",
             _collector_failing(job),
-            "5m", "warning",
+            config.treewatch_collector_failing_for, "warning",
             "A treewatch collector is failing",
             "Collector {{ $labels.collector }} of the exporter at {{ $labels.instance }} keeps failing;"
             f" {_LAST_SUCCESS}.",
@@ -454,8 +464,9 @@ def meta_alerts(config: MonitoringConfig) -> RuleGroup:
             f"time() - treewatch_collector_last_success_timestamp_seconds{{{job}}}"
             f" > {stale}"
             f" or (treewatch_collector_success{{{job}}} == 0"
-            f" unless on (job, instance, collector) treewatch_collector_last_success_timestamp_seconds{{{job}}})",
-            "2m", "warning",
+            f" unless on ({keeping_environment('job', 'instance', 'collector')})"
+            f" treewatch_collector_last_success_timestamp_seconds{{{job}}})",
+            config.treewatch_data_stale_for, "warning",
             "treewatch serves stale data",
             "Collector {{ $labels.collector }} of the exporter at {{ $labels.instance }}:"
             f" {_LAST_SUCCESS} (threshold {stale}s); its panels and alerts show old"

@@ -1,0 +1,3 @@
+"""Benchmarks (`make bench`, `make soak`)."""
+
+import treewatch  # noqa: F401  (its import registers every section of the configuration file)

@@ -40,8 +40,15 @@ from confluent_kafka import ConsumerGroupTopicPartitions, Producer, TopicPartiti
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from devkafka import KafkaCluster, free_port
+from devkafka.processes import stop_processes
 from exporter.kafka_source import KafkaSource
-from exporter.metrics import Collector
+from exporter.metrics import (
+    KAFKA_CONSUMER_GROUP_COMMITTED_OFFSET,
+    KAFKA_CONSUMER_GROUP_COMMITTED_OFFSET_CHANGE_TIMESTAMP_SECONDS,
+    KAFKA_CONSUMER_GROUP_LAG,
+    KAFKA_CONSUMER_GROUP_LAG_SECONDS,
+    Part,
+)
 from exporter.refresh import Refresher, default_build_info
 from exporter.render import Renderer, render
 from exporter.server import Endpoints, ExporterHTTPServer, Limits
@@ -181,7 +188,7 @@ def measure_refreshes(config: Config) -> dict[str, float]:
             renders.append(time.perf_counter() - started)
     finally:
         source.close()
-    lag_series = len(snapshot.values("kafka_consumer_group_lag"))
+    lag_series = len(snapshot.values(KAFKA_CONSUMER_GROUP_LAG))
     if lag_series < GROUPS * PARTITIONS_PER_TOPIC:
         raise RuntimeError(f"expected lag for {GROUPS * PARTITIONS_PER_TOPIC} partitions, got {lag_series}")
     return {"refresh_cold_seconds": cold, "refresh_warm_median_seconds": statistics.median(warm),
@@ -217,8 +224,7 @@ def measure_exporter_process(config: Config) -> dict[str, float]:
                     response.raise_for_status()
             status = Path(f"/proc/{process.pid}/status").read_text()
         finally:
-            process.terminate()
-            process.wait(timeout=30)
+            stop_processes(process, grace_seconds=30)
     memory = {line.split(":")[0]: int(line.split()[1]) for line in status.splitlines()
               if line.startswith(("VmRSS", "VmHWM"))}
     return {"scrape_median_seconds": statistics.median(scrapes), "scrape_max_seconds": max(scrapes),
@@ -253,16 +259,16 @@ class SyntheticGroups:
     """A source of SYNTHETIC_PARTITIONS consumer-group partitions whose values change every run."""
 
     name = "synthetic"
-    collectors = (Collector.KAFKA_GROUPS,)
-    metrics = ("kafka_consumer_group_lag", "kafka_consumer_group_lag_seconds", "kafka_consumer_group_committed_offset",
-               "kafka_consumer_group_committed_offset_change_timestamp_seconds")
+    collectors = (Part.KAFKA_GROUPS,)
+    metrics = (KAFKA_CONSUMER_GROUP_LAG, KAFKA_CONSUMER_GROUP_LAG_SECONDS, KAFKA_CONSUMER_GROUP_COMMITTED_OFFSET,
+               KAFKA_CONSUMER_GROUP_COMMITTED_OFFSET_CHANGE_TIMESTAMP_SECONDS)
 
     def __init__(self) -> None:
         self.runs = 0
 
-    def gather(self) -> Mapping[Collector, Sequence[Sample]]:
+    def gather(self) -> Mapping[Part, Sequence[Sample]]:
         self.runs += 1
-        return {Collector.KAFKA_GROUPS: [
+        return {Part.KAFKA_GROUPS: [
             Sample(metric, (f"bench-group-{p // 10:04d}", f"bench-topic-{p // 10:04d}", str(p % 10)),
                    float(p + self.runs))
             for metric in self.metrics for p in range(SYNTHETIC_PARTITIONS)]}
@@ -313,8 +319,7 @@ def measure_slow_clients() -> dict[str, float]:
         load_average = os.getloadavg()[0]
     finally:
         stop.set()
-        process.terminate()
-        process.wait(timeout=60)
+        stop_processes(process, grace_seconds=60)
     return {"synthetic_exposition_bytes": plain_bytes, "synthetic_gzip_bytes": gzip_bytes,
             **_latency("quiet", quiet), **_latency("slow_clients", crowded),
             **_latency("slow_clients_gzip", crowded_gzip),

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from devkafka import KafkaCluster, free_port
+from devkafka.processes import stop_processes
 from pipeline.config import DEFAULT_SERVICES, Config, parse_config
 from simulator import Simulator, SimulatorSettings
 from tools.bench import TARGET_DLQ_RATE, BenchResult, run_bench
@@ -113,9 +114,7 @@ def simulator_process(config_data: dict[str, Any]) -> Iterator[SimulatorProcess]
         parent_end.send(("stop",))
         process.join(timeout=60)
     finally:
-        if process.is_alive():
-            process.terminate()
-            process.join(timeout=30)
+        stop_processes(process, grace_seconds=30)
         parent_end.close()
 
 
@@ -161,7 +160,7 @@ def one_run(config: Config, simulator: SimulatorProcess, broker_pid: int, files:
     if not result.completed:
         progress = result.progress
         raise RuntimeError(f"the benchmark of {files} files did not complete within {RUN_TIMEOUT_SECONDS:g}s: "
-                           f"indexed {progress.indexed}, waiting on {progress.waiting_on}")
+                           f"finished {progress.finished}, waiting on {progress.waiting_on}")
     return summary(result) | {
         # run_bench's wall time includes the settle after completion, so the CPU shares are of it
         "wall_seconds": wall, "follower_cpu_seconds": follower_cpu, "simulator_cpu_seconds": simulator_cpu,
@@ -172,7 +171,7 @@ def one_run(config: Config, simulator: SimulatorProcess, broker_pid: int, files:
 def summary(result: BenchResult) -> dict[str, Any]:
     progress = result.progress
     return {
-        "discovered": progress.discovered, "indexed": progress.indexed, "failed_files": progress.failed_files,
+        "discovered": progress.discovered, "indexed": progress.finished, "failed_files": progress.failed_files,
         "duration_seconds": result.run.elapsed_seconds, "files_per_second": result.files_per_second,
         "latency_seconds": result.latency_seconds, "dead_letters": progress.dead_lettered_total,
         "dlq_rate": result.dlq_rate, "records_read": progress.records_read,

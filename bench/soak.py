@@ -41,6 +41,7 @@ from confluent_kafka.admin import NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
 from devkafka import KafkaCluster, free_ports
+from devkafka.processes import stop_processes
 from pipeline.config import parse_config
 from pipeline.kafka import result_of
 
@@ -208,12 +209,7 @@ class Soak:
                     thread.join(15)
             finally:
                 self._stop.set()
-                for process in (self.exporter, self.simulator):
-                    process.terminate()
-                    try:
-                        process.wait(30)
-                    except subprocess.TimeoutExpired:
-                        process.kill()
+                stop_processes(self.exporter, self.simulator, grace_seconds=30)
                 self.health.close()
         return self.summary()
 

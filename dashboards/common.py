@@ -4,11 +4,36 @@ links, and a layout that places panels on Grafana's 24-column grid without overl
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 from grafanalib import core as g
 
-from alerts.config import CONFIG, DLQ_RECORDS_WRITTEN, GROUPS_DLQ_DASHBOARD_UID, OVERVIEW_DASHBOARD_UID
+from alerts.config import (
+    DLQ_RECORDS_WRITTEN,
+    GROUPS_DLQ_DASHBOARD_UID,
+    OVERVIEW_DASHBOARD_UID,
+    MonitoringConfig,
+    current_values,
+)
+from alerts.environments import CLUSTER_LABEL, ENV_LABEL, keeping_environment
+
+
+class _ValuesBeingBuilt:
+    """Reads as the MonitoringConfig of the deployment the dashboards are being built for
+    (alerts.config.building_for; the defaults otherwise): panels read ``CONFIG.<field>`` while they
+    are built, so each build draws its own deployment's thresholds and links."""
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(current_values(), name)
+
+
+CONFIG: MonitoringConfig = _ValuesBeingBuilt()  # type: ignore[assignment]
+
+# Every panel's selector keeps to the environments and clusters the dashboard's variables select.
+ENVIRONMENT_MATCHERS = f'{ENV_LABEL}=~"${ENV_LABEL}", {CLUSTER_LABEL}=~"${CLUSTER_LABEL}"'
+# The series every exporter serves, whatever it watches: where the environments are listed from.
+BUILD_INFO = "treewatch_build_info"
 
 # Panels and targets name the datasource through the variable, never by name, so one JSON file
 # works against whichever Prometheus the variable selects; the provisioned one has uid "prometheus".
@@ -52,10 +77,21 @@ def runbooks(*alerts: str) -> list[g.DataLink]:
 
 
 def sel(metric: str, matchers: str = "") -> str:
-    """``metric`` restricted to the treewatch exporter's series (the selector the alert rules use),
-    so a Prometheus that also scrapes another Kafka exporter never mixes its series in."""
+    """``metric`` restricted to the treewatch exporter's series (the selector the alert rules use) of
+    the environments and clusters the dashboard's variables select, so a Prometheus that also scrapes
+    another Kafka exporter, or the pipelines of other environments, never mixes their series in."""
+    return _exporter_sel(metric, ", ".join(filter(None, [ENVIRONMENT_MATCHERS, matchers])))
+
+
+def _exporter_sel(metric: str, matchers: str = "") -> str:
     extra = f", {matchers}" if matchers else ""
     return f"{metric}{{{CONFIG.exporter_selector}{extra}}}"
+
+
+def by(*labels: str) -> str:
+    """The labels of a panel's ``sum by``/``max by``, after env and cluster: one line per environment
+    and cluster when several are selected, never their sum (alerts/environments.py)."""
+    return keeping_environment(*labels)
 
 
 def dlq_records_written(stage_matchers: str = "") -> str:
@@ -81,12 +117,33 @@ def datasource_variable() -> g.Template:
     )
 
 
-def query_variable(name: str, label: str, metric: str, *, matchers: str = "") -> g.Template:
-    """A multi-select variable over the values ``metric`` carries for label ``name``."""
-    variable = g.Template(
+class _MultiValueVariable(g.Template):
+    """A variable that opens on "All" as a list: grafanalib writes its default as a single value."""
+
+    def to_json_data(self) -> dict:
+        return {**super().to_json_data(), "current": {"selected": True, "text": ["All"], "value": ["$__all"]}}
+
+
+def environment_variables() -> list[g.Template]:
+    """$env, then $cluster within it: the target labels the scrape configuration gives each
+    exporter (alerts/environments.py). A deployment without them gets no values and "All" (``.*``),
+    which matches series without the label, so its panels show what they always did."""
+    return [
+        query_variable(ENV_LABEL, "Environment", BUILD_INFO, environment_filtered=False),
+        query_variable(CLUSTER_LABEL, "Kafka cluster", BUILD_INFO, matchers=f'{ENV_LABEL}=~"${ENV_LABEL}"',
+                       environment_filtered=False),
+    ]
+
+
+def query_variable(name: str, label: str, metric: str, *, matchers: str = "",
+                   environment_filtered: bool = True) -> g.Template:
+    """A multi-select variable over the values ``metric`` carries for label ``name``, within the
+    selected environments and clusters unless ``environment_filtered`` is False."""
+    selector = sel(metric, matchers) if environment_filtered else _exporter_sel(metric, matchers)
+    return _MultiValueVariable(
         name=name,
         label=label,
-        query=f"label_values({sel(metric, matchers)}, {name})",
+        query=f"label_values({selector}, {name})",
         dataSource=DATASOURCE,
         includeAll=True,
         multi=True,
@@ -94,9 +151,6 @@ def query_variable(name: str, label: str, metric: str, *, matchers: str = "") ->
         refresh=g.REFRESH_ON_TIME_RANGE_CHANGE,
         regex="",
     )
-    # grafanalib writes a default as a single value; a multi-value variable opens on "All" as a list.
-    variable._current = {"selected": True, "text": ["All"], "value": ["$__all"]}
-    return variable
 
 
 def target(expr: str, legend: str = "", *, ref_id: str = "A", instant: bool = False,
@@ -140,7 +194,7 @@ def one_hot_code(metric: str, label: str, states: Sequence[str], by: str, matche
     terms = []
     for code, state in enumerate(states, start=1):
         selector = sel(metric, f'{label}="{state}"{extra}')
-        terms.append(f"{code} * sum by ({by}) ({one_replica(selector)})")
+        terms.append(f"{code} * sum by ({keeping_environment(by)}) ({one_replica(selector)})")
     return "\n + ".join(terms)
 
 
@@ -255,8 +309,12 @@ class Layout:
         self._line_height = 0
 
 
+# What dashboard() builds; the dashboard modules name it through here and never import grafanalib.
+Dashboard = g.Dashboard
+
+
 def dashboard(*, uid: str, title: str, description: str, layout: Layout,
-              variables: Sequence[g.Template], links: Sequence[g.DashboardLink]) -> g.Dashboard:
+              variables: Sequence[g.Template], links: Sequence[g.DashboardLink]) -> Dashboard:
     return g.Dashboard(
         uid=uid,
         title=title,
@@ -267,10 +325,22 @@ def dashboard(*, uid: str, title: str, description: str, layout: Layout,
         time=g.Time("now-3h", "now"),
         schemaVersion=SCHEMA_VERSION,
         graphTooltip=g.GRAPH_TOOLTIP_MODE_SHARED_CROSSHAIR,
-        templating=g.Templating([datasource_variable(), *variables]),
+        templating=g.Templating([datasource_variable(), *environment_variables(), *variables]),
         links=list(links),
         panels=layout.panels,
     ).auto_panel_ids()
+
+
+def dashboard_json(dashboard: Dashboard) -> dict:
+    """Grafana's JSON model of ``dashboard``, as plain dicts, lists and scalars."""
+    return json.loads(json.dumps(dashboard, default=_json_data))
+
+
+def _json_data(value: object) -> object:
+    """What json.dumps calls for an object it cannot write: grafanalib's objects write themselves."""
+    if hasattr(value, "to_json_data"):
+        return value.to_json_data()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def dashboard_link(title: str, uid: str) -> g.DashboardLink:

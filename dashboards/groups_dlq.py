@@ -8,11 +8,8 @@ configuration), so groups outside the pipeline are not offered here."""
 
 from __future__ import annotations
 
-from grafanalib import core as g
-
-from alerts.config import CONFIG
 from dashboards import common as c
-from dashboards.common import GREEN, ORANGE, RED
+from dashboards.common import CONFIG, GREEN, ORANGE, RED
 from exporter.metrics import GROUP_STATES
 
 GROUP = 'group=~"$group"'
@@ -52,7 +49,7 @@ def consumer_groups(layout: c.Layout) -> None:
         [c.target(f"deriv({committed}[$__rate_interval])", PARTITION_LEGEND)], unit="cps", min_zero=False,
         links=c.runbooks("ConsumerGroupStalled")), w=12)
     changed = c.sel("kafka_consumer_group_committed_offset_change_timestamp_seconds", GROUP_TOPIC)
-    stalled_for = f"time() - {changed}\nand on (group, topic, partition)\n{lag} > 0"
+    stalled_for = f"time() - {changed}\nand on ({c.by('group', 'topic', 'partition')})\n{lag} > 0"
     layout.add(c.table(
         "Partitions with lag: time since the committed offset moved",
         "Partitions that have lag, with the time since their committed offset last moved. Red rows are "
@@ -90,12 +87,14 @@ def topics(layout: c.Layout) -> None:
         "Records written per second",
         "How fast producers write to each selected topic (growth of its high watermarks); compare with "
         "the groups' commit progress above.",
-        [c.target(f"sum by (topic) ({c.one_replica(f'deriv({current}[$__rate_interval])')})", "{{topic}}")], unit="cps",
+        [c.target(f"sum by ({c.by('topic')}) ({c.one_replica(f'deriv({current}[$__rate_interval])')})",
+                  "{{topic}}")], unit="cps",
         min_zero=False), w=12)
     layout.add(c.timeseries(
         "Retained records",
         "Records each selected topic still retains (high watermark minus log start, over its partitions).",
-        [c.target(f"sum by (topic) ({c.one_replica(f'{current} - {oldest}')})", "{{topic}}")], unit="short"), w=12)
+        [c.target(f"sum by ({c.by('topic')}) ({c.one_replica(f'{current} - {oldest}')})", "{{topic}}")],
+        unit="short"), w=12)
 
 
 def dead_letters(layout: c.Layout) -> None:
@@ -111,7 +110,7 @@ def dead_letters(layout: c.Layout) -> None:
         "(also before the exporter started): the guide's 'group by error type' of the records waiting to "
         "be handled. Falls when retention or delete_records removes records; no line until the exporter "
         "has read what the queue held when it started.",
-        [c.target(f"sum by (stage, error_type) ({c.one_replica(retained)})", "{{stage}} {{error_type}}")],
+        [c.target(f"sum by ({c.by('stage', 'error_type')}) ({c.one_replica(retained)})", "{{stage}} {{error_type}}")],
         unit="short", stacked=True, links=c.runbooks("DLQRecordsUnhandled", "DLQOverflow")), w=8)
     oldest = c.sel("tree_dlq_oldest_record_timestamp_seconds", STAGE)
     layout.add(c.timeseries(
@@ -132,14 +131,14 @@ def dead_letters(layout: c.Layout) -> None:
     layout.add(c.timeseries(
         "Error types over time",
         f"New dead letters per second by stage and error_type: {c.DLQ_RECORDS_SINCE_FIRST_SEEN}",
-        [c.target(f"sum by (stage, error_type) ({c.one_replica(f'rate({records}[$__rate_interval])')})",
+        [c.target(f"sum by ({c.by('stage', 'error_type')}) ({c.one_replica(f'rate({records}[$__rate_interval])')})",
                   "{{stage}} {{error_type}}")],
         unit="cps", stacked=True, bars=True, links=c.runbooks("DLQNewRecords")), w=16)
     layout.add(c.table(
         "New dead letters by error type in the selected range",
         "Dead letters written per stage and error_type during the selected time range, most frequent "
         f"first: {c.DLQ_RECORDS_SINCE_FIRST_SEEN} What the queue holds now is 'DLQ retained by error type'.",
-        [c.target(f"sum by (stage, error_type) ({c.one_replica(f'increase({records}[$__range])')})",
+        [c.target(f"sum by ({c.by('stage', 'error_type')}) ({c.one_replica(f'increase({records}[$__range])')})",
                   instant=True, table=True)],
         unit="short", sort_by="Value", links=c.runbooks("DLQNewRecords")), w=8)
     layout.add(c.timeseries(
@@ -150,11 +149,11 @@ def dead_letters(layout: c.Layout) -> None:
         "Failed per second",
         "Events per second read from each selected stage's failed topic; the ones no retry saves end up "
         "in the dead letter queue.",
-        [c.target(f"sum by (stage) ({c.one_replica(f'rate({failed}[$__rate_interval])')})", "{{stage}}")],
+        [c.target(f"sum by ({c.by('stage')}) ({c.one_replica(f'rate({failed}[$__rate_interval])')})", "{{stage}}")],
         unit="reqps", links=c.runbooks("HighErrorRate")), w=8)
 
 
-def build() -> g.Dashboard:
+def build() -> c.Dashboard:
     layout = c.Layout()
     consumer_groups(layout)
     topics(layout)

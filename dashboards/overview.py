@@ -7,17 +7,18 @@ uses one, otherwise the same aggregation), so a line crossed on the panel is an 
 
 from __future__ import annotations
 
-from grafanalib import core as g
-
-from alerts.config import CONFIG, STAGE_PROCESSED_RATE, error_ratio_rule
+from alerts.config import STAGE_PROCESSED_RATE, error_ratio_rule
 from dashboards import common as c
-from dashboards.common import GREEN, ORANGE, RED
+from dashboards.common import CONFIG, GREEN, ORANGE, RED
 from exporter.metrics import SERVICE_STATES
 
 PROCESSED = c.sel("tree_events_processed_total")
 PROCESSED_RATE = f"rate({PROCESSED}[$__rate_interval])"
-# The share of events the SLO lets fail, e.g. 0.001 for 99.9 %; rounded so 1 - 0.999 prints as 0.001.
-SLO_ERROR_BUDGET = round(1 - CONFIG.slo_objective, 12)
+
+
+def slo_error_budget() -> float:
+    """The share of events the SLO lets fail, e.g. 0.001 for 99.9 %; rounded so 1 - 0.999 prints as 0.001."""
+    return round(1 - CONFIG.slo_objective, 12)
 
 
 def service_status_mappings() -> list:
@@ -29,7 +30,7 @@ def service_status_mappings() -> list:
 def firing_alerts(layout: c.Layout) -> None:
     layout.row("Alerts")
     # ALERTS is Prometheus' own series of its alerting rules' state, not an exporter metric.
-    firing = 'ALERTS{alertstate="firing", alertname!="Watchdog"}'
+    firing = f'ALERTS{{alertstate="firing", alertname!="Watchdog", {c.ENVIRONMENT_MATCHERS}}}'
     layout.add(c.table(
         "Firing alerts",
         "The alerts Prometheus evaluates as firing now (the Watchdog left out), with their labels; each "
@@ -95,14 +96,15 @@ def kafka(layout: c.Layout) -> None:
         thresholds=c.below(1), text_mode="value", links=c.runbooks("KafkaUnavailable")), w=4, h=4)
     layout.add(c.stat(
         "Leaderless partitions", "Partitions without a leader, over every topic the exporter watches.",
-        [c.target(f"sum({c.one_replica(c.sel('kafka_topic_leaderless_partitions'))})", "leaderless")], unit="short",
+        [c.target(f"sum by ({c.by()}) ({c.one_replica(c.sel('kafka_topic_leaderless_partitions'))})", "leaderless")],
+        unit="short",
         thresholds=c.above(1), text_mode="value", links=c.runbooks("KafkaLeaderlessPartitions")), w=4, h=4)
     under_replicated = c.sel("kafka_topic_under_replicated_partitions")
     layout.add(c.stat(
         "Under-replicated partitions",
         "Partitions whose in-sync replicas are fewer than their replicas, over every topic the exporter "
         "watches.",
-        [c.target(f"sum({c.one_replica(under_replicated)})", "under-replicated")], unit="short",
+        [c.target(f"sum by ({c.by()}) ({c.one_replica(under_replicated)})", "under-replicated")], unit="short",
         thresholds=c.above(1, ORANGE), text_mode="value",
         links=c.runbooks("KafkaUnderReplicatedPartitions")), w=4, h=4)
 
@@ -112,46 +114,46 @@ def stages(layout: c.Layout) -> None:
     requested = c.sel("tree_events_requested_total")
     layout.add(c.timeseries(
         "Requests per stage", "Requests written to each stage's request topic, per second.",
-        [c.target(f"sum by (stage) ({c.one_replica(f'rate({requested}[$__rate_interval])')})", "{{stage}}")],
+        [c.target(f"sum by ({c.by('stage')}) ({c.one_replica(f'rate({requested}[$__rate_interval])')})", "{{stage}}")],
         unit="reqps"), w=8)
-    slow_stages = "|".join(CONFIG.low_throughput_stages)
+    exempt_stages = "|".join(CONFIG.low_throughput_exempt_stages)
     backlog = CONFIG.low_throughput_events_per_second * CONFIG.low_throughput_backlog_seconds
     layout.add(c.timeseries(
         "Processed per stage",
         "Events that finished each stage (completed or failed), per second over 5 minutes. Below the line "
-        f"(1,000 files a minute; drawn for {', '.join(CONFIG.low_throughput_stages)} only: discover counts "
-        f"projects) LowThroughput fires, but only while more than {backlog:.0f} records wait for the stage.",
+        f"(1,000 files a minute; not drawn for {', '.join(CONFIG.low_throughput_exempt_stages)}: their events are "
+        f"not files) LowThroughput fires, but only while more than {backlog:.0f} records wait for the stage.",
         [c.target(c.sel(STAGE_PROCESSED_RATE), "{{stage}}")], unit="reqps",
-        overrides=[c.threshold_override(f"^({slow_stages})$", c.below(CONFIG.low_throughput_events_per_second))],
+        overrides=[c.threshold_override(f"^(?!({exempt_stages})$)", c.below(CONFIG.low_throughput_events_per_second))],
         links=c.runbooks("LowThroughput")), w=8)
     layout.add(c.timeseries(
         "Completed and failed per stage",
         "Events per second read from each stage's completed and failed topics.",
-        [c.target(f"sum by (stage, status) ({c.one_replica(PROCESSED_RATE)})", "{{stage}} {{status}}")],
+        [c.target(f"sum by ({c.by('stage', 'status')}) ({c.one_replica(PROCESSED_RATE)})", "{{stage}} {{status}}")],
         unit="reqps"), w=8)
     error_ratio = c.sel(error_ratio_rule("5m"))
     layout.add(c.timeseries(
         "Error ratio per stage",
         "Failed / processed events over 5 minutes, as HighErrorRate computes it. Orange above the SLO's "
-        f"allowed error ratio ({SLO_ERROR_BUDGET:.1%}), "
+        f"allowed error ratio ({slo_error_budget():.1%}), "
         f"red above HighErrorRate's threshold ({CONFIG.error_ratio:.0%}). No line while a stage processes "
         "nothing.",
         [c.target(error_ratio, "{{stage}}")], unit="percentunit",
-        thresholds=c.steps(GREEN, (SLO_ERROR_BUDGET, ORANGE), (CONFIG.error_ratio, RED)),
+        thresholds=c.steps(GREEN, (slo_error_budget(), ORANGE), (CONFIG.error_ratio, RED)),
         links=c.runbooks("HighErrorRate", "StageErrorBudgetBurn")), w=8)
     window = CONFIG.slo_window
     layout.add(c.stat(
         f"Error budget left ({window})",
         f"Share of the error budget still unspent over the last {window}: the SLO lets "
-        f"{SLO_ERROR_BUDGET:.1%} of a stage's events fail ({CONFIG.slo_objective:.1%} must complete). "
+        f"{slo_error_budget():.1%} of a stage's events fail ({CONFIG.slo_objective:.1%} must complete). "
         "Below 0 the SLO is missed. Recorded every 5 minutes.",
-        [c.target(f"1 - {c.sel(error_ratio_rule(window))} / {SLO_ERROR_BUDGET}", "{{stage}}", instant=True)],
+        [c.target(f"1 - {c.sel(error_ratio_rule(window))} / {slo_error_budget()}", "{{stage}}", instant=True)],
         unit="percentunit", thresholds=c.steps(RED, (0, ORANGE), (0.25, GREEN)),
         links=c.runbooks("StageErrorBudgetBurn", "StageSLIMissing")), w=8)
     layout.add(c.timeseries(
         "Events in flight per stage",
         "Requests of each stage not yet completed or failed (requested minus processed).",
-        [c.target(f"sum by (stage) ({c.one_replica(c.sel('tree_events_in_flight'))})", "{{stage}}")],
+        [c.target(f"sum by ({c.by('stage')}) ({c.one_replica(c.sel('tree_events_in_flight'))})", "{{stage}}")],
         unit="short"), w=8)
 
 
@@ -162,14 +164,14 @@ def consumer_lag(layout: c.Layout) -> None:
         "Consumer lag, worst partition per group",
         "Records each group has not consumed yet, on its most lagging partition: HighConsumerLag fires per "
         "partition above the line. Per partition on 'Tree Stamping: Consumer groups and DLQ'.",
-        [c.target(f"max by (group) ({lag})", "{{group}}")], unit="short",
+        [c.target(f"max by ({c.by('group')}) ({lag})", "{{group}}")], unit="short",
         thresholds=c.above(CONFIG.consumer_lag_records), links=c.runbooks("HighConsumerLag")), w=8)
     lag_seconds = c.sel("kafka_consumer_group_lag_seconds")
     layout.add(c.timeseries(
         "Consumer lag in seconds per group",
         "Age of the oldest record each group has not consumed yet, on its most lagging partition; "
         "ConsumerLagTooOld fires above the line.",
-        [c.target(f"max by (group) ({lag_seconds})", "{{group}}")], unit="s",
+        [c.target(f"max by ({c.by('group')}) ({lag_seconds})", "{{group}}")], unit="s",
         thresholds=c.above(CONFIG.consumer_lag_max_age_seconds), links=c.runbooks("ConsumerLagTooOld")), w=8)
     layout.add(c.stat(
         "Consumer group members",
@@ -183,7 +185,8 @@ def dead_letters(layout: c.Layout) -> None:
     layout.row("Dead letter queues")
     layout.add(c.timeseries(
         "DLQ depth per stage", "Records retained in each stage's dead letter queue.",
-        [c.target(f"sum by (stage) ({c.one_replica(c.sel('tree_dlq_retained_records'))})", "{{stage}}")], unit="short",
+        [c.target(f"sum by ({c.by('stage')}) ({c.one_replica(c.sel('tree_dlq_retained_records'))})", "{{stage}}")],
+        unit="short",
         links=c.runbooks("DLQNewRecords", "DLQRecordsUnhandled")), w=8)
     window = c.DLQ_OVERFLOW_WINDOW
     layout.add(c.timeseries(
@@ -198,7 +201,7 @@ def dead_letters(layout: c.Layout) -> None:
         "New dead letters per second by stage and error_type (FILE_NOT_FOUND, INTELLIGENCE_SERVICE_ERROR, "
         f"ENCODING_ERROR...; 'unparseable' when a record is not a JSON object): {c.DLQ_RECORDS_SINCE_FIRST_SEEN} "
         "What each queue holds now, by error type, is on 'Tree Stamping: Consumer groups and DLQ'.",
-        [c.target(f"sum by (stage, error_type) ({c.one_replica(f'rate({records}[$__rate_interval])')})",
+        [c.target(f"sum by ({c.by('stage', 'error_type')}) ({c.one_replica(f'rate({records}[$__rate_interval])')})",
                   "{{stage}} {{error_type}}")],
         unit="cps", stacked=True, bars=True, links=c.runbooks("DLQNewRecords")), w=8)
 
@@ -225,7 +228,7 @@ def exporter_health(layout: c.Layout) -> None:
     errors = c.sel("treewatch_collector_errors_total")
     layout.add(c.stat(
         "Failed collector runs in range", "Collector runs that failed during the selected time range.",
-        [c.target(f"sum by (collector) (increase({errors}[$__range]))", "{{collector}}", instant=True)],
+        [c.target(f"sum by ({c.by('collector')}) (increase({errors}[$__range]))", "{{collector}}", instant=True)],
         unit="short",
         thresholds=c.above(1, ORANGE), links=failing), w=6)
     layout.add(c.stat(
@@ -250,7 +253,7 @@ def exporter_health(layout: c.Layout) -> None:
         hidden_columns=("Time", "Value", "__name__", "job")), w=8)
 
 
-def build() -> g.Dashboard:
+def build() -> c.Dashboard:
     layout = c.Layout()
     firing_alerts(layout)
     services(layout)

@@ -27,11 +27,13 @@ from pathlib import Path
 from confluent_kafka import ConsumerGroupTopicPartitions
 from confluent_kafka.admin import AdminClient
 
-from devkafka.processes import die_with_parent
+from devkafka.processes import die_with_parent, stop_processes
 
 HERE = Path(__file__).resolve().parent
 POM = HERE / "pom.xml"
 LOG_CONFIG = HERE / "log4j2.yaml"
+# A broker's controlled shutdown (leadership moved away, logs flushed) gets this long before SIGKILL.
+NODE_STOP_SECONDS = 30.0
 
 
 class KafkaStartError(RuntimeError):
@@ -179,17 +181,10 @@ class KafkaCluster:
         if self._own_workdir:
             # The data is thrown away: a graceful shutdown would only wait for a quorum that the
             # nodes stopped before already took with them (half a minute on three nodes).
-            for node in self.nodes:
-                if node.running:
-                    node.process.kill()
-                    node.process.wait(timeout=30)
+            stop_processes(*self._processes(), grace_seconds=0)
             shutil.rmtree(self.workdir, ignore_errors=True)
             return
-        for node in self.nodes:
-            if node.running:
-                node.process.terminate()
-        for node in self.nodes:
-            self._terminate(node)
+        stop_processes(*self._processes(), grace_seconds=NODE_STOP_SECONDS)
 
     def __enter__(self) -> KafkaCluster:
         try:
@@ -203,14 +198,11 @@ class KafkaCluster:
 
     def stop_node(self, index: int) -> None:
         """Stop node ``index`` (0-based) the way an operator would: SIGTERM, wait."""
-        self._terminate(self.nodes[index])
+        stop_processes(*self._processes(index), grace_seconds=NODE_STOP_SECONDS)
 
     def kill_node(self, index: int) -> None:
         """Stop node ``index`` abruptly (SIGKILL), as a crash would."""
-        node = self.nodes[index]
-        if node.running:
-            node.process.kill()
-            node.process.wait(timeout=30)
+        stop_processes(*self._processes(index), grace_seconds=0)
 
     def start_node(self, index: int) -> None:
         node = self.nodes[index]
@@ -363,15 +355,10 @@ class KafkaCluster:
         )
         log.close()
 
-    def _terminate(self, node: Node) -> None:
-        if not node.running:
-            return
-        node.process.terminate()
-        try:
-            node.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            node.process.kill()
-            node.process.wait(timeout=10)
+    def _processes(self, *indexes: int) -> list[subprocess.Popen]:
+        """The processes of the nodes ``indexes`` (all nodes when none is given) ever started."""
+        nodes = [self.nodes[i] for i in indexes] if indexes else self.nodes
+        return [node.process for node in nodes if node.process is not None]
 
 
 def _kafka_cluster_id() -> str:

@@ -1,9 +1,13 @@
-"""A local server binary (Prometheus, Alertmanager, ...) run for as long as a ``with`` block.
+"""Child processes started and stopped the same way everywhere.
 
-The demo, tests and benchmarks all start such servers the same way: the binary with its
-arguments, its output in a log file, ready once an HTTP URL answers 200 (asked until a
-deadline, never guessed with a sleep), its log tail in the error when it exits or stays
-unready, and stopped (terminate, then kill) however the block ends.
+A local server binary (Prometheus, Alertmanager, ...) run for as long as a ``with`` block: the
+demo, tests and benchmarks all start such servers the same way: the binary with its arguments,
+its output in a log file, ready once an HTTP URL answers 200 (asked until a deadline, never
+guessed with a sleep), its log tail in the error when it exits or stays unready, and stopped
+however the block ends.
+
+``stop_processes`` is the one way any child is stopped (brokers, servers, the benchmarks'
+exporters and simulators): SIGTERM, a grace period to exit on its own, SIGKILL, reaped.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 import httpx
@@ -54,7 +59,7 @@ def running_process(name: str, command: Sequence[str], ready_url: str, log_path:
         _await_ready(name, process, ready_url, log_path, timeout)
         yield process
     finally:
-        _stop(process, stop_timeout)
+        stop_processes(process, grace_seconds=stop_timeout)
 
 
 def _await_ready(name: str, process: subprocess.Popen, ready_url: str, log_path: Path,
@@ -75,15 +80,47 @@ def _await_ready(name: str, process: subprocess.Popen, ready_url: str, log_path:
         time.sleep(READY_POLL_SECONDS)
 
 
-def _stop(process: subprocess.Popen, timeout: float) -> None:
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
+# What the callers stop: a command (subprocess) or a Python function in a child (multiprocessing).
+Stoppable = subprocess.Popen | BaseProcess
+
+# How long a child has to exit on its own after SIGTERM, unless the caller says otherwise.
+DEFAULT_GRACE_SECONDS = 15.0
+# A child that SIGKILL does not end within this long is stuck in the kernel (uninterruptible I/O).
+KILL_WAIT_SECONDS = 10.0
+
+
+def stop_processes(*processes: Stoppable, grace_seconds: float = DEFAULT_GRACE_SECONDS) -> None:
+    """Stop ``processes`` and reap them: SIGTERM to all at once (so they shut down side by side,
+    not one after the other), up to ``grace_seconds`` in all for them to exit, then SIGKILL for
+    those still running. ``grace_seconds=0`` kills straight away: a crash on purpose, or a child
+    whose state is thrown away anyway. Those already exited are only reaped.
+
+    Raises TimeoutError when a child outlives its SIGKILL by KILL_WAIT_SECONDS.
+    """
+    running = [process for process in processes if not _exited(process, 0)]
+    if grace_seconds > 0:
+        for process in running:
+            process.terminate()
+        deadline = time.monotonic() + grace_seconds
+        running = [process for process in running if not _exited(process, max(0.0, deadline - time.monotonic()))]
+    for process in running:
         process.kill()
-        process.wait(timeout=10)
+    stuck = [process.pid for process in running if not _exited(process, KILL_WAIT_SECONDS)]
+    if stuck:
+        raise TimeoutError(f"process(es) {', '.join(map(str, stuck))} still running {KILL_WAIT_SECONDS:g}s "
+                           "after SIGKILL")
+
+
+def _exited(process: Stoppable, timeout: float) -> bool:
+    """Whether ``process`` exits within ``timeout`` seconds (and is then reaped)."""
+    if isinstance(process, subprocess.Popen):
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+    process.join(timeout)
+    return not process.is_alive()
 
 
 def log_tail(path: Path, lines: int = 20) -> str:

@@ -1,4 +1,5 @@
-"""Dead letters by error_type, by tailing the DLQ topics.
+"""The dead letter queues' series: how deep each stage's queue is and how old its oldest dead letter
+(from the watermarks), and the dead letters by error_type, by tailing the DLQ topics.
 
 The tail reads with assign() only: it never joins a consumer group and never commits, so it
 cannot disturb the pipeline's own consumers or show up as a group. It keeps its position in
@@ -32,9 +33,17 @@ counts the new value as increase. Either way nothing is counted twice.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from exporter.snapshot import Sample
+from exporter.metrics import (
+    TREE_DLQ_OLDEST_RECORD_TIMESTAMP_SECONDS,
+    TREE_DLQ_RECORDS_TOTAL,
+    TREE_DLQ_RETAINED_RECORDS,
+    TREE_DLQ_RETAINED_RECORDS_BY_ERROR_TYPE,
+    Sample,
+)
+from exporter.record_age import Position
 from pipeline.config import KafkaSettings, Stage
 from pipeline.events import UNPARSEABLE, parse_dead_letter
 from pipeline.kafka import LazyReader, Partition, Watermarks, read_records
@@ -166,17 +175,18 @@ class DlqTail:
                 counts.pop(error_type, None)
 
     def samples(self) -> list[Sample]:
+        """Dead letters by error_type: counted since first sight, and retained now."""
         samples = []
         for stage, counts in self._counts.items():
             for error_type in KNOWN_ERROR_TYPES:
                 if error_type not in counts:
-                    samples.append(Sample("tree_dlq_records_total", (stage, error_type), 0.0))
+                    samples.append(TREE_DLQ_RECORDS_TOTAL.at((stage, error_type), 0))
             for error_type, count in counts.items():
-                samples.append(Sample("tree_dlq_records_total", (stage, error_type), float(count)))
+                samples.append(TREE_DLQ_RECORDS_TOTAL.at((stage, error_type), count))
         for stage, retained in self._retained_by_stage().items():
             for error_type in KNOWN_ERROR_TYPES:
                 retained.setdefault(error_type, 0)
-            samples.extend(Sample("tree_dlq_retained_records_by_error_type", (stage, error_type), float(count))
+            samples.extend(TREE_DLQ_RETAINED_RECORDS_BY_ERROR_TYPE.at((stage, error_type), count)
                            for error_type, count in retained.items())
         return samples
 
@@ -197,3 +207,45 @@ class DlqTail:
 
     def close(self) -> None:
         self._reader.close()
+
+
+def log_starts(partitions: Iterable[Partition], marks: Watermarks) -> list[Position]:
+    """The oldest retained record of every partition that retains any: where the age of a queue is read."""
+    return [(topic, partition, marks.low[(topic, partition)]) for topic, partition in partitions
+            if marks.high.get((topic, partition), 0) > marks.low.get((topic, partition), 0)]
+
+
+def depth_samples(stages: Iterable[Stage], partitions: Iterable[Partition], known: Watermarks, read_now: Watermarks,
+                  record_times: Mapping[Position, float]) -> list[Sample]:
+    """How many records each stage's queue retains and when its oldest was written, for the DLQ
+    ``partitions`` the cluster has. ``known``: watermarks including the last known ones of partitions
+    not read this time; ``read_now``: only this refresh's; ``record_times``: the timestamps at the
+    ``log_starts``. A stage with a partition unknown gets no depth, and one with a partition not read
+    now no oldest timestamp: a part of the queue would be a wrong answer."""
+    by_topic: dict[str, list[Partition]] = {}
+    for key in sorted(set(partitions)):  # two stages may share a queue: each partition counts once
+        by_topic.setdefault(key[0], []).append(key)
+    samples = []
+    for stage in stages:
+        keys = by_topic.get(stage.dlq_topic)
+        if not keys or any(key not in known.high for key in keys):
+            continue
+        labels = (stage.name, stage.dlq_topic)
+        retained = 0
+        oldest: float | None = None
+        complete = True
+        for key in keys:
+            high, low = known.high[key], known.low[key]
+            if high <= low:
+                continue
+            retained += high - low
+            if key not in read_now.high:
+                complete = False
+                continue
+            timestamp = record_times.get((key[0], key[1], low))
+            if timestamp is not None and (oldest is None or timestamp < oldest):
+                oldest = timestamp
+        samples.append(TREE_DLQ_RETAINED_RECORDS.at(labels, retained))
+        if oldest is not None and complete:
+            samples.append(TREE_DLQ_OLDEST_RECORD_TIMESTAMP_SECONDS.at(labels, oldest))
+    return samples

@@ -9,18 +9,18 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from exporter.metrics import METRICS, Collector
+from exporter.metrics import METRICS, Part
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
 
 _COLLECTOR_TITLES = {
-    Collector.KAFKA_GROUPS: "Consumer groups",
-    Collector.KAFKA_TOPICS: "Topics",
-    Collector.KAFKA_CLUSTER: "Cluster",
-    Collector.PIPELINE: "Pipeline",
-    Collector.DLQ: "Dead letter queues",
-    Collector.SERVICES: "Services",
-    Collector.EXPORTER: "The exporter itself",
+    Part.KAFKA_GROUPS: "Consumer groups",
+    Part.KAFKA_TOPICS: "Topics",
+    Part.KAFKA_CLUSTER: "Cluster",
+    Part.PIPELINE: "Pipeline",
+    Part.DLQ: "Dead letter queues",
+    Part.SERVICES: "Services",
+    Part.EXPORTER: "The exporter itself",
 }
 
 
@@ -39,7 +39,7 @@ def render_markdown() -> str:
         "collector column below is that label's value. Counters carry `_total`; times are seconds.",
         "",
     ]
-    for collector in Collector:
+    for collector in Part:
         defined = [metric for metric in METRICS if metric.collector is collector]
         if not defined:
             continue

@@ -37,7 +37,8 @@ import time
 from multiprocessing.connection import Connection
 
 from exporter.kafka_groups import GroupInfo, GroupsRead, fetch_groups
-from pipeline.config import KafkaSettings, NameFilter
+from exporter.settings import NameFilter
+from pipeline.config import KafkaSettings
 from pipeline.kafka import admin_client
 
 log = logging.getLogger("treewatch.group_reader")

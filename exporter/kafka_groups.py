@@ -14,10 +14,21 @@ from dataclasses import dataclass, field
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from exporter.metrics import GROUP_STATES
-from exporter.snapshot import Sample
+from exporter.kafka_metadata import ClusterView
+from exporter.metrics import (
+    KAFKA_CONSUMER_GROUP_COMMITTED_OFFSET,
+    KAFKA_CONSUMER_GROUP_COMMITTED_OFFSET_CHANGE_TIMESTAMP_SECONDS,
+    KAFKA_CONSUMER_GROUP_LAG,
+    KAFKA_CONSUMER_GROUP_LAG_SECONDS,
+    KAFKA_CONSUMER_GROUP_MEMBERS,
+    KAFKA_CONSUMER_GROUP_READ_ERRORS,
+    KAFKA_CONSUMER_GROUP_STATE,
+    KAFKA_CONSUMER_GROUP_UNCOMMITTED_PARTITIONS,
+    Sample,
+)
+from exporter.record_age import Lookup
 from pipeline.kafka import (
-    GROUP_STATE_NAMES,
+    GROUP_STATES,
     Partition,
     Watermarks,
     fetch_committed_offsets,
@@ -30,8 +41,6 @@ log = logging.getLogger("treewatch.kafka_groups")
 
 # Groups per DescribeGroups call: large enough to be few calls, small enough for one response.
 DESCRIBE_BATCH = 100
-
-assert set(GROUP_STATE_NAMES.values()) == set(GROUP_STATES), "GROUP_STATES and the mapping must agree"
 
 
 @dataclass(frozen=True)
@@ -229,45 +238,60 @@ def lag_positions(groups: Iterable[GroupInfo], marks: Watermarks) -> list[LagPos
     return positions
 
 
-def group_samples(read: GroupsRead, positions: list[LagPosition], partition_counts: Mapping[str, int],
-                  changed_at: Mapping[tuple[str, str, int], float],
-                  record_times: Mapping[tuple[str, int, int], float],
-                  only_markers: Collection[tuple[str, int, int]], now: float) -> list[Sample]:
-    """``record_times`` maps (topic, partition, offset) to the timestamp of the first record there;
-    ``only_markers`` holds the positions from which only transaction markers are left below the
-    high watermark: a consumer has nothing left to read there, so their lag is 0."""
-    samples: list[Sample] = [Sample("kafka_consumer_group_read_errors", (), float(read.error_count))]
+@dataclass(frozen=True)
+class Lag:
+    """A group's lag in one partition: records left to consume, and the age of the oldest of them
+    (None when its timestamp could not be read)."""
+
+    group: str
+    topic: str
+    partition: int
+    records: int
+    seconds: float | None
+
+
+def lags(positions: Iterable[LagPosition], record_times: Lookup, now: float) -> list[Lag]:
+    """The lag at each position, aged by the timestamps of the records there. A position from which
+    only transaction markers are left below the high watermark has nothing left to read: lag 0."""
+    found = []
+    for position in positions:
+        key = (position.topic, position.partition, position.position)
+        if position.lag == 0 or key in record_times.only_markers:
+            records, seconds = 0, 0.0
+        else:
+            timestamp = record_times.timestamps.get(key)
+            records, seconds = position.lag, None if timestamp is None else max(0.0, now - timestamp)
+        found.append(Lag(position.group, position.topic, position.partition, records, seconds))
+    return found
+
+
+def group_samples(read: GroupsRead, view: ClusterView, changed_at: Mapping[tuple[str, str, int], float],
+                  group_lags: Iterable[Lag]) -> list[Sample]:
+    """Every consumer group series. ``changed_at`` is when each committed offset last moved
+    (OffsetChangeTracker); a topic missing from ``view`` gets no uncommitted partitions count."""
+    samples: list[Sample] = [KAFKA_CONSUMER_GROUP_READ_ERRORS.sample(read.error_count)]
     for info in read.groups:
         group = info.group
         for state in GROUP_STATES:
-            samples.append(Sample("kafka_consumer_group_state", (group, state),
-                                  1.0 if state == info.state else 0.0))
-        samples.append(Sample("kafka_consumer_group_members", (group,), float(info.members)))
+            samples.append(KAFKA_CONSUMER_GROUP_STATE.at((group, state), 1 if state == info.state else 0))
+        samples.append(KAFKA_CONSUMER_GROUP_MEMBERS.at((group,), info.members))
         if not info.committed_read:
             continue
         for topic in sorted(info.consumed_topics):
-            count = partition_counts.get(topic)
-            if count is None:
+            if topic not in view.topics:
                 continue
             committed = sum(1 for t, _ in info.committed if t == topic)
-            samples.append(Sample("kafka_consumer_group_uncommitted_partitions", (group, topic),
-                                  float(max(0, count - committed))))
+            samples.append(KAFKA_CONSUMER_GROUP_UNCOMMITTED_PARTITIONS.at(
+                (group, topic), max(0, len(view.topics[topic]) - committed)))
         for (topic, partition), offset in info.committed.items():
             labels = (group, topic, str(partition))
-            samples.append(Sample("kafka_consumer_group_committed_offset", labels, float(offset)))
+            samples.append(KAFKA_CONSUMER_GROUP_COMMITTED_OFFSET.at(labels, offset))
             since = changed_at.get((group, topic, partition))
             if since is not None:
-                samples.append(Sample("kafka_consumer_group_committed_offset_change_timestamp_seconds",
-                                      labels, since))
-    for position in positions:
-        labels = (position.group, position.topic, str(position.partition))
-        key = (position.topic, position.partition, position.position)
-        if position.lag == 0 or key in only_markers:
-            samples.append(Sample("kafka_consumer_group_lag", labels, 0.0))
-            samples.append(Sample("kafka_consumer_group_lag_seconds", labels, 0.0))
-            continue
-        samples.append(Sample("kafka_consumer_group_lag", labels, float(position.lag)))
-        timestamp = record_times.get(key)
-        if timestamp is not None:
-            samples.append(Sample("kafka_consumer_group_lag_seconds", labels, max(0.0, now - timestamp)))
+                samples.append(KAFKA_CONSUMER_GROUP_COMMITTED_OFFSET_CHANGE_TIMESTAMP_SECONDS.at(labels, since))
+    for behind in group_lags:
+        labels = (behind.group, behind.topic, str(behind.partition))
+        samples.append(KAFKA_CONSUMER_GROUP_LAG.at(labels, behind.records))
+        if behind.seconds is not None:
+            samples.append(KAFKA_CONSUMER_GROUP_LAG_SECONDS.at(labels, behind.seconds))
     return samples

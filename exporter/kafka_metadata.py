@@ -1,4 +1,5 @@
-"""One metadata pass over the cluster: which topics and partitions exist, and the cluster's health.
+"""One metadata pass over the cluster: which topics and partitions exist, the cluster's health, and
+the topics' offsets.
 
 The health series mean what ``rpk cluster health`` means by "Healthy": every broker that hosts a
 replica is live, every partition has a leader, a controller is known.
@@ -11,8 +12,19 @@ from dataclasses import dataclass
 
 from confluent_kafka.admin import ClusterMetadata
 
-from exporter.snapshot import Sample
-from pipeline.kafka import Partition
+from exporter.metrics import (
+    KAFKA_BROKERS,
+    KAFKA_CLUSTER_BROKERS_DOWN,
+    KAFKA_CLUSTER_CONTROLLER_KNOWN,
+    KAFKA_CLUSTER_HEALTHY,
+    KAFKA_TOPIC_LEADERLESS_PARTITIONS,
+    KAFKA_TOPIC_PARTITION_CURRENT_OFFSET,
+    KAFKA_TOPIC_PARTITION_OLDEST_OFFSET,
+    KAFKA_TOPIC_PARTITIONS,
+    KAFKA_TOPIC_UNDER_REPLICATED_PARTITIONS,
+    Sample,
+)
+from pipeline.kafka import Partition, Watermarks
 
 
 @dataclass(frozen=True)
@@ -61,18 +73,34 @@ def cluster_samples(view: ClusterView, topics: Iterable[str]) -> list[Sample]:
     down = view.brokers_down()
     controller_known = view.controller_id >= 0
     samples = [
-        Sample("kafka_brokers", (), float(len(view.brokers))),
-        Sample("kafka_cluster_brokers_down", (), float(len(down))),
-        Sample("kafka_cluster_controller_known", (), 1.0 if controller_known else 0.0),
+        KAFKA_BROKERS.sample(len(view.brokers)),
+        KAFKA_CLUSTER_BROKERS_DOWN.sample(len(down)),
+        KAFKA_CLUSTER_CONTROLLER_KNOWN.sample(1 if controller_known else 0),
     ]
     for topic in topics:
         partitions = view.topics[topic].values()
         leaderless = sum(1 for info in partitions if info.leader < 0)
         under_replicated = sum(1 for info in partitions if len(info.isr) < len(info.replicas))
-        samples.append(Sample("kafka_topic_leaderless_partitions", (topic,), float(leaderless)))
-        samples.append(Sample("kafka_topic_under_replicated_partitions", (topic,), float(under_replicated)))
+        samples.append(KAFKA_TOPIC_LEADERLESS_PARTITIONS.sample(leaderless, topic=topic))
+        samples.append(KAFKA_TOPIC_UNDER_REPLICATED_PARTITIONS.sample(under_replicated, topic=topic))
     any_leaderless = any(info.leader < 0 for partitions in view.topics.values()
                          for info in partitions.values())
     healthy = not down and not any_leaderless and controller_known
-    samples.append(Sample("kafka_cluster_healthy", (), 1.0 if healthy else 0.0))
+    samples.append(KAFKA_CLUSTER_HEALTHY.sample(1 if healthy else 0))
+    return samples
+
+
+def topic_samples(view: ClusterView, topics: Iterable[str], marks: Watermarks) -> list[Sample]:
+    """Partitions and offsets of ``topics``; a partition whose watermarks were not read is left out."""
+    samples = []
+    for topic in topics:
+        partitions = view.topics[topic]
+        samples.append(KAFKA_TOPIC_PARTITIONS.sample(len(partitions), topic=topic))
+        for partition in sorted(partitions):
+            key = (topic, partition)
+            if key not in marks.high:
+                continue
+            labels = (topic, str(partition))
+            samples.append(KAFKA_TOPIC_PARTITION_CURRENT_OFFSET.at(labels, marks.high[key]))
+            samples.append(KAFKA_TOPIC_PARTITION_OLDEST_OFFSET.at(labels, marks.low[key]))
     return samples

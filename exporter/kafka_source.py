@@ -20,30 +20,33 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 from confluent_kafka import KafkaException
 
-from exporter.dlq_tail import DlqTail
+from exporter.dlq_tail import DlqTail, depth_samples, log_starts
 from exporter.group_reader import IsolatedGroupReader
 from exporter.kafka_groups import (
     GroupsRead,
     HeldGroups,
+    Lag,
     OffsetChangeTracker,
     PartialFailureLog,
     group_samples,
     lag_positions,
+    lags,
 )
-from exporter.kafka_metadata import ClusterView, cluster_samples
-from exporter.metrics import Collector
+from exporter.kafka_metadata import ClusterView, cluster_samples, topic_samples
+from exporter.metrics import Part, Sample
+from exporter.pipeline_counters import LastKnownWatermarks, pipeline_samples
 from exporter.record_age import Lookup, Position, RecordTimestamps
-from exporter.snapshot import Sample
 from pipeline.config import Config
 from pipeline.kafka import ClientErrors, Partition, Watermarks, admin_client, fetch_watermarks
 
 log = logging.getLogger("treewatch.kafka_source")
 
-Results = dict[Collector, Sequence[Sample] | BaseException]
+Results = dict[Part, Sequence[Sample] | BaseException]
 
 GROUPS_SHARE_OF_BUDGET = 0.7
 
@@ -52,38 +55,33 @@ class GatherInterrupted(Exception):
     """The exporter is stopping: the gather ended between two of its steps."""
 
 
-class LastKnownWatermarks:
-    """Watermarks of the partitions a refresh could not read (no leader, a timeout), taken from the
-    last refresh that read them, for up to ``keep_seconds``.
+@dataclass(frozen=True)
+class OffsetsRead:
+    """What a gather read once it had the watermarks."""
 
-    The pipeline counters are sums over partitions: a partition missing from one refresh would make
-    a counter drop, which Prometheus takes for a reset (and increase() for a burst of events).
-    Beyond ``keep_seconds`` the partition counts as unknown and the sums that need it are left out.
-    """
+    marks: Watermarks  # this refresh's
+    pipeline_marks: Watermarks  # the pipeline topics', the last known ones filling in those not read now
+    offsets_changed_at: Mapping[tuple[str, str, int], float]  # (group, topic, partition) -> when it last moved
+    group_lags: list[Lag]
+    dlq_partitions: list[Partition]
+    record_times: Mapping[Position, float]  # at the groups' positions and the DLQs' log starts
+    dlq_tail_error: BaseException | None  # why the DLQ tail could not read, if it could not
 
-    def __init__(self, keep_seconds: float) -> None:
-        self._keep = keep_seconds
-        self._seen: dict[Partition, tuple[int, int, float]] = {}  # (high, low, read at)
 
-    def fill(self, partitions: Iterable[Partition], marks: Watermarks, now: float) -> Watermarks:
-        wanted = list(partitions)
-        high: dict[Partition, int] = {}
-        low: dict[Partition, int] = {}
-        for key in wanted:
-            if key in marks.high:
-                self._seen[key] = (marks.high[key], marks.low.get(key, 0), now)
-            entry = self._seen.get(key)
-            if entry is not None and now - entry[2] <= self._keep:
-                high[key], low[key] = entry[0], entry[1]
-        asked = set(wanted)
-        self._seen = {key: entry for key, entry in self._seen.items() if key in asked}
-        return Watermarks(high, low, {key: error for key, error in marks.errors.items() if key not in high})
+@dataclass(frozen=True)
+class ClusterRead:
+    """What one gather read of the cluster; a part that could not be read holds its error, and
+    fails only the collectors that need it."""
+
+    view: ClusterView
+    topics: list[str]  # the topics whose own series are exposed
+    groups: GroupsRead | BaseException
+    offsets: OffsetsRead | BaseException  # without watermarks nothing offset-based can be told
 
 
 class KafkaSource:
     name = "kafka"
-    collectors = (Collector.KAFKA_CLUSTER, Collector.KAFKA_TOPICS, Collector.KAFKA_GROUPS,
-                  Collector.PIPELINE, Collector.DLQ)
+    collectors = (Part.KAFKA_CLUSTER, Part.KAFKA_TOPICS, Part.KAFKA_GROUPS, Part.PIPELINE, Part.DLQ)
 
     def __init__(self, config: Config, *, clock: Callable[[], float] = time.time) -> None:
         self.config = config
@@ -116,8 +114,48 @@ class KafkaSource:
             raise GatherInterrupted("the exporter is stopping")
 
     def gather(self) -> Results:
-        settings = self.config.exporter
+        """Read the cluster, then build each collector's samples from what was read."""
+        read = self._read_cluster()
+        cluster = cluster_samples(read.view, read.topics)
+        offsets, groups, stages = read.offsets, read.groups, self.config.stages
+        if isinstance(offsets, BaseException):
+            return {Part.KAFKA_CLUSTER: cluster} | dict.fromkeys(self.collectors[1:], offsets)
+        return {
+            Part.KAFKA_CLUSTER: cluster,
+            Part.KAFKA_TOPICS: topic_samples(read.view, read.topics, offsets.marks),
+            Part.PIPELINE: pipeline_samples(stages, read.view, offsets.pipeline_marks),
+            Part.KAFKA_GROUPS: groups if isinstance(groups, BaseException)
+            else group_samples(groups, read.view, offsets.offsets_changed_at, offsets.group_lags),
+            Part.DLQ: offsets.dlq_tail_error if offsets.dlq_tail_error is not None
+            else depth_samples(stages, offsets.dlq_partitions, offsets.pipeline_marks, offsets.marks,
+                               offsets.record_times) + self._dlq.samples(),
+        }
+
+    def close(self) -> None:
+        self._groups.close()
+        self._record_times.close()
+        self._dlq.close()
+
+    # -- reading, one step after the other -------------------------------------------------------
+
+    def _read_cluster(self) -> ClusterRead:
         deadline = time.monotonic() + self.gather_budget_seconds
+        view = self._read_metadata()
+        self._step()
+        topics = view.selected_topics(self.config.exporter.topics, self.config.pipeline_topics)
+        groups = self._read_groups(deadline)
+        self._step()
+        group_topics = set() if isinstance(groups, BaseException) else {
+            topic for info in groups.groups for topic in info.consumed_topics}
+        try:
+            marks = fetch_watermarks(self._admin, view.partitions(sorted(set(topics) | group_topics)),
+                                     self._timeout, deadline=deadline)
+        except Exception as error:  # the watermarks' failure is every offset-based collector's
+            return ClusterRead(view, topics, groups, error)
+        self._step()
+        return ClusterRead(view, topics, groups, self._read_beyond_watermarks(view, groups, marks, deadline))
+
+    def _read_metadata(self) -> ClusterView:
         # Serve the client errors queued since the last gather first, so what explains a failure
         # below is only what this gather met.
         self._admin.poll(0)
@@ -127,151 +165,42 @@ class KafkaSource:
         except KafkaException as error:
             self._admin.poll(0)  # serves error_cb: why the client could not reach the cluster
             raise self._client_errors.explain(error) from None
-        self._step()
-        view = ClusterView.from_metadata(metadata)
-        topics = view.selected_topics(settings.topics, self.config.pipeline_topics)
-        results: Results = {Collector.KAFKA_CLUSTER: cluster_samples(view, topics)}
+        return ClusterView.from_metadata(metadata)
 
-        groups: GroupsRead | BaseException
+    def _read_groups(self, deadline: float) -> GroupsRead | BaseException:
         try:
             # The groups get most of the budget, not all: a wedged reader must leave time for the
             # watermarks and what follows, or one stuck client would fail every collector.
             read = self._groups.read(time.monotonic() + GROUPS_SHARE_OF_BUDGET * (deadline - time.monotonic()))
             self._group_failures.report(read.errors)
-            groups = self._held_groups.fill(read, time.monotonic())
+            return self._held_groups.fill(read, time.monotonic())
         except Exception as error:  # the groups' failure is theirs alone
-            groups = error
-        self._step()
-        group_topics = set() if isinstance(groups, BaseException) else {
-            topic for info in groups.groups for topic in info.consumed_topics}
+            return error
 
-        try:
-            marks = fetch_watermarks(self._admin, view.partitions(sorted(set(topics) | group_topics)),
-                                     self._timeout, deadline=deadline)
-        except Exception as error:  # without watermarks no offset-based series can be told
-            for collector in self.collectors[1:]:
-                results[collector] = error
-            return results
-        self._step()
-
+    def _read_beyond_watermarks(self, view: ClusterView, groups: GroupsRead | BaseException, marks: Watermarks,
+                                deadline: float) -> OffsetsRead:
         now = self._clock()
         pipeline_marks = self._pipeline_marks.fill(view.partitions(self.config.pipeline_topics), marks,
                                                    time.monotonic())
-        results[Collector.KAFKA_TOPICS] = self._topic_samples(view, topics, marks)
-        results[Collector.PIPELINE] = self._pipeline_samples(view, pipeline_marks)
-
-        positions = [] if isinstance(groups, BaseException) else lag_positions(groups.groups, marks)
+        read_groups = [] if isinstance(groups, BaseException) else groups.groups
+        positions = lag_positions(read_groups, marks)
         dlq_partitions = view.partitions(stage.dlq_topic for stage in self.config.stages)
-        wanted: list[Position] = [(p.topic, p.partition, p.position) for p in positions if p.lag > 0]
-        wanted += [(topic, partition, marks.low[(topic, partition)]) for topic, partition in dlq_partitions
-                   if marks.high.get((topic, partition), 0) > marks.low.get((topic, partition), 0)]
+        wanted = [(p.topic, p.partition, p.position) for p in positions if p.lag > 0]
         try:
-            record_times = self._record_times.lookup(wanted, marks.high, deadline)
+            record_times = self._record_times.lookup(wanted + log_starts(dlq_partitions, marks), marks.high, deadline)
         except Exception as error:  # ages are left out; the offsets themselves are still true
             log.warning("reading record timestamps failed: %s", error)
             record_times = Lookup({}, frozenset())
         self._step()
-
-        if isinstance(groups, BaseException):
-            results[Collector.KAFKA_GROUPS] = groups
-        else:
-            changed_at = self._offset_changes.observe(
-                (((info.group, topic, partition), offset) for info in groups.groups
-                 for (topic, partition), offset in info.committed.items()), now)
-            partition_counts = {topic: len(view.topics[topic]) for topic in group_topics
-                                if topic in view.topics}
-            results[Collector.KAFKA_GROUPS] = group_samples(groups, positions, partition_counts, changed_at,
-                                                            record_times.timestamps, record_times.only_markers,
-                                                            now)
-
+        # Groups not read at all leave the history alone: a stalled consumer must not look as if it
+        # had just moved once they are read again.
+        changed_at = {} if isinstance(groups, BaseException) else self._offset_changes.observe(
+            (((info.group, topic, partition), offset) for info in read_groups
+             for (topic, partition), offset in info.committed.items()), now)
+        dlq_tail_error = None
         try:
             self._dlq.advance(dlq_partitions, marks, deadline)
-            results[Collector.DLQ] = (self._dlq_depth_samples(view, pipeline_marks, marks, record_times.timestamps)
-                                      + self._dlq.samples())
         except Exception as error:  # the tail's failure must not drop the offsets gathered above
-            results[Collector.DLQ] = error
-        return results
-
-    def close(self) -> None:
-        self._groups.close()
-        self._record_times.close()
-        self._dlq.close()
-
-    # -- per collector ---------------------------------------------------------------------------
-
-    @staticmethod
-    def _topic_samples(view: ClusterView, topics: list[str], marks: Watermarks) -> list[Sample]:
-        samples = []
-        for topic in topics:
-            partitions = view.topics[topic]
-            samples.append(Sample("kafka_topic_partitions", (topic,), float(len(partitions))))
-            for partition in sorted(partitions):
-                key = (topic, partition)
-                if key not in marks.high:
-                    continue
-                labels = (topic, str(partition))
-                samples.append(Sample("kafka_topic_partition_current_offset", labels, float(marks.high[key])))
-                samples.append(Sample("kafka_topic_partition_oldest_offset", labels, float(marks.low[key])))
-        return samples
-
-    def _pipeline_samples(self, view: ClusterView, marks: Watermarks) -> list[Sample]:
-        """Counts from the high watermarks: every offset written to a topic is one event (a
-        transaction's commit marker takes an offset too). ``marks`` holds every partition of the
-        pipeline's topics that is known; a stage sum that would need an unknown one is left out."""
-        unknown = object()
-
-        def written(topic: str) -> int | None | object:
-            if topic not in view.topics:
-                return None  # not created yet: no series rather than a made-up zero
-            keys = view.partitions([topic])
-            if any(key not in marks.high for key in keys):
-                return unknown
-            return sum(marks.high[key] for key in keys)
-
-        samples = [Sample("tree_pipeline_stage_info", (stage.name, stage.group, stage.request_topic, stage.dlq_topic),
-                          1.0) for stage in self.config.stages]
-        for stage in self.config.stages:
-            requested = written(stage.request_topic)
-            completed = written(stage.completed_topic)
-            failed = written(stage.failed_topic)
-            for status, count in (("completed", completed), ("failed", failed)):
-                if isinstance(count, int):
-                    samples.append(Sample("tree_events_processed_total", (stage.name, status), float(count)))
-            if isinstance(requested, int):
-                samples.append(Sample("tree_events_requested_total", (stage.name,), float(requested)))
-                if completed is not unknown and failed is not unknown:
-                    in_flight = max(0, requested - (completed or 0) - (failed or 0))
-                    samples.append(Sample("tree_events_in_flight", (stage.name,), float(in_flight)))
-        return samples
-
-    def _dlq_depth_samples(self, view: ClusterView, known: Watermarks, read_now: Watermarks,
-                           record_times: Mapping[Position, float]) -> list[Sample]:
-        """``known``: watermarks including the last known ones of partitions not read this time;
-        ``read_now``: only this refresh's. A stage with a partition unknown gets no depth, and one
-        with a partition not read now no oldest timestamp: a part of the DLQ would be a wrong answer."""
-        samples = []
-        for stage in self.config.stages:
-            if stage.dlq_topic not in view.topics:
-                continue
-            labels = (stage.name, stage.dlq_topic)
-            keys = view.partitions([stage.dlq_topic])
-            if any(key not in known.high for key in keys):
-                continue
-            retained = 0
-            oldest: float | None = None
-            complete = True
-            for key in keys:
-                high, low = known.high[key], known.low[key]
-                if high <= low:
-                    continue
-                retained += high - low
-                if key not in read_now.high:
-                    complete = False
-                    continue
-                timestamp = record_times.get((key[0], key[1], low))
-                if timestamp is not None and (oldest is None or timestamp < oldest):
-                    oldest = timestamp
-            samples.append(Sample("tree_dlq_retained_records", labels, float(retained)))
-            if oldest is not None and complete:
-                samples.append(Sample("tree_dlq_oldest_record_timestamp_seconds", labels, oldest))
-        return samples
+            dlq_tail_error = error
+        return OffsetsRead(marks, pipeline_marks, changed_at, lags(positions, record_times, now), dlq_partitions,
+                           record_times.timestamps, dlq_tail_error)

@@ -18,8 +18,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from exporter.metrics import Collector
-from exporter.snapshot import CollectorRun, Sample, Snapshot, sample
+from exporter.metrics import (
+    TREEWATCH_BUILD_INFO,
+    TREEWATCH_COLLECTOR_DURATION_SECONDS,
+    TREEWATCH_COLLECTOR_ERRORS_TOTAL,
+    TREEWATCH_COLLECTOR_LAST_SUCCESS_TIMESTAMP_SECONDS,
+    TREEWATCH_COLLECTOR_SUCCESS,
+    TREEWATCH_SERIES_DROPPED,
+    Part,
+    Sample,
+)
+from exporter.snapshot import CollectorRun, Snapshot
 
 log = logging.getLogger("treewatch.refresh")
 
@@ -28,9 +37,9 @@ class Source(Protocol):
     """Something that gathers one or more collectors' samples in one pass."""
 
     name: str
-    collectors: tuple[Collector, ...]
+    collectors: tuple[Part, ...]
 
-    def gather(self) -> Mapping[Collector, Sequence[Sample] | BaseException]:
+    def gather(self) -> Mapping[Part, Sequence[Sample] | BaseException]:
         """Samples per collector, or the exception that collector met. May also raise: then
         every collector of the source counts as failed with that error."""
         ...
@@ -83,7 +92,7 @@ class Refresher:
         self.build_info = dict(build_info)
         self.clock = clock
         self.current: Snapshot = Snapshot.empty()
-        self._states: dict[Collector, _CollectorState] = {
+        self._states: dict[Part, _CollectorState] = {
             c: _CollectorState() for s in self.sources for c in s.collectors
         }
         self._lock = threading.Lock()
@@ -174,7 +183,7 @@ class Refresher:
         started_at = self.clock()
         started = time.monotonic()
         try:
-            results: Mapping[Collector, Sequence[Sample] | BaseException] = source.gather()
+            results: Mapping[Part, Sequence[Sample] | BaseException] = source.gather()
         except Exception as error:  # one bad run must not end the loop
             results = {collector: error for collector in source.collectors}
         if self._stop.is_set() and self._threads:
@@ -204,7 +213,7 @@ class Refresher:
             self.on_snapshot()
         return all(run.ok for run in runs)
 
-    def _report_failure(self, collector: Collector, error: BaseException) -> None:
+    def _report_failure(self, collector: Part, error: BaseException) -> None:
         """Log a failure once with its context; the same failure again is only counted."""
         state = self._states[collector]
         described = describe_error(error)
@@ -222,7 +231,7 @@ class Refresher:
 
     def _rebuild(self) -> None:
         now = self.clock()
-        served: list[tuple[Collector, tuple[Sample, ...]]] = []
+        served: list[tuple[Part, tuple[Sample, ...]]] = []
         for collector, state in self._states.items():
             good = state.last_good
             if good is not None and now - (good.started_at + good.duration_seconds) <= self.stale_grace_seconds:
@@ -232,20 +241,19 @@ class Refresher:
         self.current = snapshot.with_samples(self._own_samples(snapshot))
 
     def _own_samples(self, snapshot: Snapshot) -> list[Sample]:
-        own = [sample("treewatch_build_info", 1, **self.build_info)]
+        own = [TREEWATCH_BUILD_INFO.sample(1, **self.build_info)]
         for collector, state in self._states.items():
             name = collector.value
             run = state.last_run
             if run is None:
                 continue
-            own.append(sample("treewatch_collector_success", 1 if run.ok else 0, collector=name))
-            own.append(sample("treewatch_collector_duration_seconds", run.duration_seconds, collector=name))
-            own.append(sample("treewatch_collector_errors_total", state.errors, collector=name))
-            own.append(sample("treewatch_series_dropped", snapshot.dropped.get(collector, 0), collector=name))
+            own.append(TREEWATCH_COLLECTOR_SUCCESS.sample(1 if run.ok else 0, collector=name))
+            own.append(TREEWATCH_COLLECTOR_DURATION_SECONDS.sample(run.duration_seconds, collector=name))
+            own.append(TREEWATCH_COLLECTOR_ERRORS_TOTAL.sample(state.errors, collector=name))
+            own.append(TREEWATCH_SERIES_DROPPED.sample(snapshot.dropped.get(collector, 0), collector=name))
             if state.last_good is not None:
                 finished = state.last_good.started_at + state.last_good.duration_seconds
-                own.append(sample("treewatch_collector_last_success_timestamp_seconds", finished,
-                                  collector=name))
+                own.append(TREEWATCH_COLLECTOR_LAST_SUCCESS_TIMESTAMP_SECONDS.sample(finished, collector=name))
         return own
 
     def collector_status(self) -> dict[str, dict[str, object]]:

@@ -52,7 +52,7 @@ class Exposition:
 def families(snapshot: Snapshot) -> Iterator[Metric]:
     """Metric families for every metric of the contract that the snapshot holds samples of."""
     for definition in METRICS:
-        samples = snapshot.series.get(definition.name)
+        samples = snapshot.series.get(definition)
         if not samples:
             continue
         family_type = CounterMetricFamily if definition.kind is Kind.COUNTER else GaugeMetricFamily

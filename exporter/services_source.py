@@ -10,8 +10,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 
-from exporter.metrics import PROBE_FAILURE_REASONS, SERVICE_STATES, Collector
-from exporter.snapshot import Sample
+from exporter.metrics import (
+    TREE_SERVICE_PROBE_DURATION_SECONDS,
+    TREE_SERVICE_PROBE_FAILURE,
+    TREE_SERVICE_PROBE_HTTP_STATUS_CODE,
+    TREE_SERVICE_PROBE_SUCCESS,
+    TREE_SERVICE_STATUS,
+    Part,
+    Sample,
+)
 from pipeline import health
 from pipeline.config import Config
 
@@ -24,7 +31,7 @@ _MAX_SHARE_OF_INTERVAL = 0.8
 
 class ServicesSource:
     name = "services"
-    collectors = (Collector.SERVICES,)
+    collectors = (Part.SERVICES,)
 
     def __init__(self, config: Config) -> None:
         settings = config.exporter
@@ -37,28 +44,28 @@ class ServicesSource:
                         "probing with a %.3gs timeout", settings.health_timeout_seconds,
                         settings.refresh_interval_seconds, self.timeout_seconds)
 
-    def gather(self) -> Mapping[Collector, Sequence[Sample] | BaseException]:
+    def gather(self) -> Mapping[Part, Sequence[Sample] | BaseException]:
         results = health.probe_all(self.targets, timeout_seconds=self.timeout_seconds,
                                    max_body_bytes=self.max_body_bytes)
         samples: list[Sample] = []
         for result in results:
             samples.extend(probe_samples(result))
-        return {Collector.SERVICES: samples}
+        return {Part.SERVICES: samples}
 
     def close(self) -> None:
         """Nothing to release: each round opens and closes its own connections."""
 
 
 def probe_samples(result: health.ProbeResult) -> list[Sample]:
-    service = (result.service,)
+    service = result.service
     samples = [
-        Sample("tree_service_probe_success", service, 1.0 if result.success else 0.0),
-        Sample("tree_service_probe_duration_seconds", service, result.duration_seconds),
-        Sample("tree_service_probe_http_status_code", service, float(result.http_status_code)),
+        TREE_SERVICE_PROBE_SUCCESS.sample(1 if result.success else 0, service=service),
+        TREE_SERVICE_PROBE_DURATION_SECONDS.sample(result.duration_seconds, service=service),
+        TREE_SERVICE_PROBE_HTTP_STATUS_CODE.sample(result.http_status_code, service=service),
     ]
-    samples += [Sample("tree_service_status", (result.service, state), 1.0 if result.status == state else 0.0)
-                for state in SERVICE_STATES]
-    samples += [Sample("tree_service_probe_failure", (result.service, reason),
-                       1.0 if result.failure_reason == reason else 0.0)
-                for reason in PROBE_FAILURE_REASONS]
+    samples += [TREE_SERVICE_STATUS.sample(1 if result.status == status else 0, service=service, status=status)
+                for status in health.STATES]
+    samples += [TREE_SERVICE_PROBE_FAILURE.sample(1 if result.failure_reason == reason else 0,
+                                                  service=service, reason=reason)
+                for reason in health.FAILURE_REASONS]
     return samples

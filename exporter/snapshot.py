@@ -10,45 +10,24 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import NamedTuple
 
-from exporter.metrics import BY_NAME, Collector
+from exporter.metrics import MetricDef, Part, Sample
 
 # The order in which the series cap serves collectors: the small ones, whose few series say the
 # most (is the exporter, a service, the cluster, a stage healthy), before the large ones.
-CAP_PRIORITY = (Collector.EXPORTER, Collector.SERVICES, Collector.KAFKA_CLUSTER, Collector.PIPELINE,
-                Collector.DLQ, Collector.KAFKA_TOPICS, Collector.KAFKA_GROUPS)
+CAP_PRIORITY = (Part.EXPORTER, Part.SERVICES, Part.KAFKA_CLUSTER, Part.PIPELINE, Part.DLQ, Part.KAFKA_TOPICS,
+                Part.KAFKA_GROUPS)
 
 
-def _cap_rank(collector: Collector) -> int:
+def _cap_rank(collector: Part) -> int:
     return CAP_PRIORITY.index(collector) if collector in CAP_PRIORITY else len(CAP_PRIORITY)
-
-
-class Sample(NamedTuple):
-    """One series: metric name, label values in the order of the metric's labels, value."""
-
-    metric: str
-    labels: tuple[str, ...]
-    value: float
-
-
-def sample(metric: str, value: float, **labels: str | int) -> Sample:
-    """A sample with its labels named, checked against the metric contract.
-
-    Collectors on the hot path may build ``Sample`` directly with label values in order; this
-    checked form is for everything else, so a mistyped label fails loudly at the first run.
-    """
-    definition = BY_NAME[metric]
-    if set(labels) != set(definition.labels):
-        raise ValueError(f"{metric} takes labels {definition.labels}, got {tuple(labels)}")
-    return Sample(metric, tuple(str(labels[name]) for name in definition.labels), float(value))
 
 
 @dataclass(frozen=True)
 class CollectorRun:
     """One run of one collector: what it gathered, or why it could not."""
 
-    collector: Collector
+    collector: Part
     samples: tuple[Sample, ...]
     error: str | None
     started_at: float
@@ -61,16 +40,16 @@ class CollectorRun:
 
 @dataclass(frozen=True)
 class Snapshot:
-    series: Mapping[str, tuple[Sample, ...]]
+    series: Mapping[MetricDef, tuple[Sample, ...]]
     built_at: float
-    dropped: Mapping[Collector, int] = field(default_factory=dict)
+    dropped: Mapping[Part, int] = field(default_factory=dict)
 
     @classmethod
     def empty(cls) -> Snapshot:
         return cls(series=MappingProxyType({}), built_at=0.0)
 
     @classmethod
-    def build(cls, samples_by_collector: Iterable[tuple[Collector, Iterable[Sample]]],
+    def build(cls, samples_by_collector: Iterable[tuple[Part, Iterable[Sample]]],
               built_at: float, max_series: int) -> Snapshot:
         """Group samples by metric, keeping at most ``max_series``.
 
@@ -80,8 +59,8 @@ class Snapshot:
         label (a group, a topic, a service, a stage) are kept or dropped together, so a group never
         loses half of its partitions or of its one-hot state.
         """
-        grouped: dict[str, list[Sample]] = {}
-        dropped: dict[Collector, int] = {}
+        grouped: dict[MetricDef, list[Sample]] = {}
+        dropped: dict[Part, int] = {}
         kept = 0
         for collector, samples in sorted(samples_by_collector, key=lambda pair: _cap_rank(pair[0])):
             units: dict[str, list[Sample]] = {}
@@ -94,7 +73,7 @@ class Snapshot:
                 for item in unit:
                     grouped.setdefault(item.metric, []).append(item)
                 kept += len(unit)
-        frozen = {name: tuple(items) for name, items in grouped.items()}
+        frozen = {metric: tuple(items) for metric, items in grouped.items()}
         return cls(series=MappingProxyType(frozen), built_at=built_at, dropped=MappingProxyType(dropped))
 
     def with_samples(self, extra: Iterable[Sample]) -> Snapshot:
@@ -104,7 +83,7 @@ class Snapshot:
             grouped[item.metric] = grouped.get(item.metric, ()) + (item,)
         return Snapshot(series=MappingProxyType(grouped), built_at=self.built_at, dropped=self.dropped)
 
-    def values(self, metric: str) -> dict[tuple[str, ...], float]:
+    def values(self, metric: MetricDef) -> dict[tuple[str, ...], float]:
         """label values -> value for one metric (for tests and the status tool)."""
         return {item.labels: item.value for item in self.series.get(metric, ())}
 

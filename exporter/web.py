@@ -13,7 +13,8 @@ from collections.abc import Callable
 
 import bcrypt
 
-from pipeline.config import ConfigError, WebSettings
+from exporter.settings import WebSettings
+from pipeline.config import ConfigError
 from pipeline.tls import load_cert_chain
 
 # The Authorization header of a request -> whether it may be answered.

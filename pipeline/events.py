@@ -134,18 +134,22 @@ def correlation_id(value: bytes | str | None) -> str | None:
     return None if event is None else correlation_id_of(event)
 
 
-def correlation_id_of(event: dict[str, Any]) -> str | None:
-    """correlation_id() for an event already decoded."""
+def payload_of(event: dict[str, Any] | None) -> dict[str, Any]:
+    """The event's fields: an envelope's ``payload``, or the object itself when it carries no payload
+    object (a bare request such as the guide's hand-typed one); {} for no event at all."""
+    if event is None:
+        return {}
     payload = event.get("payload")
-    if isinstance(payload, dict) and isinstance(payload.get("correlation_id"), str):
-        return payload["correlation_id"]
-    if isinstance(event.get("correlation_id"), str):
-        return event["correlation_id"]
+    return payload if isinstance(payload, dict) else event
+
+
+def correlation_id_of(event: dict[str, Any]) -> str | None:
+    """correlation_id() for an event already decoded: in its payload, beside it, or, for a dead
+    letter, in its original event."""
     original = event.get("original_payload")
-    if isinstance(original, dict):
-        inner = original.get("payload") if isinstance(original.get("payload"), dict) else original
-        if isinstance(inner.get("correlation_id"), str):
-            return inner["correlation_id"]
+    for fields in (payload_of(event), event, payload_of(original) if isinstance(original, dict) else {}):
+        if isinstance(fields.get("correlation_id"), str):
+            return fields["correlation_id"]
     return None
 
 

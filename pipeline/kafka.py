@@ -1,17 +1,19 @@
 """Kafka access for everything above the ground floor: clients built from the configuration (with
 librdkafka's own log routed to Python logging, so a down broker is one warning, not a stream of
-stderr lines), and the batched reads the exporter and the operator tools share: watermarks of many
-partitions, committed offsets of many groups, records at given offsets."""
+stderr lines), a tool's clients opened and closed together (``KafkaSession``), records produced and
+confirmed (``produce_and_confirm``), and the batched reads the exporter and the operator tools
+share: watermarks of many partitions, committed offsets of many groups, records at given offsets."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -155,9 +157,254 @@ class LazyReader:
 
 
 def producer(settings: KafkaSettings, **extra: Any) -> Producer:
-    """An idempotent producer: a retried send never writes a record twice."""
-    config = {"enable.idempotence": True, "acks": "all", **extra}
+    """An idempotent producer: a retried send never writes a record twice. It never asks the broker
+    to create a topic it writes to (librdkafka's producer does by default, and a broker with
+    auto.create.topics.enable would then make a misspelt topic with the broker's defaults)."""
+    config = {"enable.idempotence": True, "acks": "all", "allow.auto.create.topics": False, **extra}
     return Producer(_base(settings, config))
+
+
+class KafkaSession:
+    """The Kafka clients one tool run needs, made from one configuration on first use and closed
+    together: ``with KafkaSession(settings) as kafka:``.
+
+    One admin client however many steps ask for it (each admin client keeps its own connections to
+    every broker and its own metadata), readers made on demand, and one producer per producer
+    configuration. Client-level errors of the admin client (a refused password, a broker down) go to
+    the listeners ``client_errors_to`` registers, since librdkafka takes its error_cb only when the
+    client is made.
+    """
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        self.settings = settings
+        self._admin: AdminClient | None = None
+        self._readers: list[Consumer] = []
+        self._producers: dict[frozenset[tuple[str, Any]], Producer] = {}
+        self._error_listeners: list[Callable[[KafkaError], None]] = []
+        self._closed = False
+
+    @property
+    def admin(self) -> AdminClient:
+        if self._admin is None:
+            self._admin = admin_client(self._open().settings, error_cb=self._client_error)
+        return self._admin
+
+    def renew_admin(self) -> AdminClient:
+        """A new admin client in place of the session's, for a retry that needs the cluster as it is
+        now: a client keeps what it learnt before a broker crashed (the controller, the brokers to
+        ask), and waits on the crashed broker. The old client is dropped; librdkafka closes it once
+        nothing references it (an admin client has no close())."""
+        self._open()._admin = None
+        return self.admin
+
+    def reader(self, **extra: Any) -> Consumer:
+        """A new reader() (assign-only consumer), closed with the session."""
+        consumer = reader(self._open().settings, **extra)
+        self._readers.append(consumer)
+        return consumer
+
+    def producer(self, **extra: Any) -> Producer:
+        """The session's producer() with these extra settings, made on first use."""
+        key = frozenset(extra.items())
+        if key not in self._open()._producers:
+            self._producers[key] = producer(self.settings, **extra)
+        return self._producers[key]
+
+    @contextlib.contextmanager
+    def client_errors_to(self, listener: Callable[[KafkaError], None]) -> Iterator[None]:
+        """``listener`` gets the admin client's client-level errors while inside (served by its poll())."""
+        self._error_listeners.append(listener)
+        try:
+            yield
+        finally:
+            self._error_listeners.remove(listener)
+
+    def _client_error(self, error: KafkaError) -> None:
+        for listener in tuple(self._error_listeners):
+            listener(error)
+
+    def _open(self) -> KafkaSession:
+        if self._closed:
+            raise RuntimeError("the Kafka session is closed")
+        return self
+
+    def close(self) -> None:
+        """Close every client. Records a producer still holds unconfirmed (produce_and_confirm leaves
+        none) are purged first, with a warning: closing would otherwise wait for them without end
+        while no broker answers."""
+        if self._closed:
+            return
+        self._closed = True
+        for consumer in self._readers:
+            with contextlib.suppress(RuntimeError):  # closed already by its user
+                consumer.close()
+        for sender in self._producers.values():
+            try:
+                unconfirmed = len(sender)
+                if unconfirmed:
+                    log.warning("closing a producer holding %d unconfirmed record(s): purged, they may or may not "
+                                "have been written", unconfirmed)
+                    sender.purge()
+                    sender.poll(0)
+                sender.close()
+            except KafkaException as error:
+                # A producer in a fatal state (a fenced transactional one) can neither purge nor abort;
+                # the error that put it there is the one its user reports. Dropped, it is destroyed all the same.
+                log.debug("closing a producer: %s", error)
+        self._readers.clear()
+        self._producers.clear()
+        self._admin = None
+
+    def __enter__(self) -> KafkaSession:
+        return self._open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def kafka_session(settings: KafkaSettings, shared: KafkaSession | None = None) -> Iterator[KafkaSession]:
+    """``shared`` when a caller passes its session along (its owner closes it), else a session of
+    its own, closed on leaving: a tool that is also a step of another tool opens no second clients."""
+    if shared is not None:
+        yield shared
+        return
+    with KafkaSession(settings) as session:
+        yield session
+
+
+# -- producing and confirming --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OutgoingRecord:
+    """A record to produce; records of one key go to one partition (the default partitioner)."""
+
+    topic: str
+    value: bytes | None
+    key: bytes | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+class ProduceFailed(KafkaException):
+    """Records Kafka refused or did not confirm before the deadline. The message names the topic
+    and says which of the records may have been written all the same. The KafkaError keeps the
+    cause's code (a fenced transactional producer stays recognisable) but is never flagged
+    retriable: producing the records again could write them twice."""
+
+    def __init__(self, cause: KafkaError, topic: str, detail: str) -> None:
+        super().__init__(KafkaError(cause.code(), f"producing to {topic}: {detail}", fatal=cause.fatal(),
+                                    retriable=False, txn_requires_abort=cause.txn_requires_abort()))
+        self.topic = topic
+
+
+# Delivery reports of records produce_and_confirm took back from the producer itself.
+_PURGED = (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT)
+
+
+def _keep_report(reports: list[tuple[KafkaError | None, Message] | None], index: int,
+                 error: KafkaError | None, message: Message) -> None:
+    reports[index] = (error, message)
+
+
+def produce_and_confirm(sender: Producer, records: Sequence[OutgoingRecord], *, deadline: float,
+                        known_topics: Collection[str] = ()) -> list[Message]:
+    """Produce ``records`` and wait until Kafka confirms each one, before ``deadline``
+    (time.monotonic()); the records as written (partition, offset, timestamp), in order.
+
+    A record counts as written only once its delivery report says so; otherwise ProduceFailed,
+    naming the topic and what became of the records:
+
+    - a topic that does not exist fails before anything is produced. Topics not in ``known_topics``
+      are looked up first with one metadata request for all topics, which creates none: librdkafka
+      would otherwise hold the records for topic.metadata.propagation.max.ms (30 s) before failing
+      them, and a producer allowed to would have the broker create the topic;
+    - a record refused (by the producer or the broker) fails with the refusal; records confirmed
+      before it stay written (inside a transaction, the caller's abort removes them);
+    - records unconfirmed at the deadline are purged from the producer's queue, so those never
+      sent are never written; those already sent may still be, and the message says how many.
+
+    Nothing is produced twice: the only retries are the idempotent producer's own, which the broker
+    deduplicates. The whole producer is waited on (its delivery reports served, its queue purged at
+    the deadline): one producer, one writer at a time (KafkaSession.producer gives a tool its own).
+    """
+    if not records:
+        return []
+    started = time.monotonic()
+    _require_topics(sender, records, known_topics, deadline)
+    reports: list[tuple[KafkaError | None, Message] | None] = [None] * len(records)
+    produced = 0
+    refusal: KafkaError | None = None
+    for index, record in enumerate(records):
+        options: dict[str, Any] = {"headers": list(record.headers)} if record.headers else {}
+        try:
+            while True:
+                try:
+                    sender.produce(record.topic, record.value, record.key,
+                                   on_delivery=functools.partial(_keep_report, reports, index), **options)
+                    break
+                except BufferError:
+                    # The producer's queue is full (queue.buffering.max.*): deliveries make room.
+                    if time.monotonic() >= deadline:
+                        raise KafkaException(KafkaError(KafkaError._QUEUE_FULL)) from None
+                    sender.poll(0.05)
+        except KafkaException as error:
+            refusal = error.args[0] if error.args and isinstance(error.args[0], KafkaError) else KafkaError(
+                KafkaError._FAIL, str(error))
+            break
+        produced += 1
+        sender.poll(0)  # serves the reports that came in, so they do not pile up over a long batch
+    # A producer in a fatal state (fenced, say) confirms nothing more: waiting would only use up the deadline.
+    fatal = refusal is not None and (refusal.fatal() or refusal.code() == KafkaError._FATAL)
+    sender.flush(0 if fatal else max(0.0, deadline - time.monotonic()))
+    if any(report is None for report in reports[:produced]):
+        # Records still queued are never sent; those in flight are left to their fate (and counted as
+        # such), unless the producer is in a fatal state and can deliver nothing more.
+        with contextlib.suppress(KafkaException):  # a producer in a fatal state may refuse this too
+            sender.purge(in_queue=True, in_flight=fatal, blocking=True)
+        sender.poll(0)  # serves the purged records' reports
+    total = len(records)
+    confirmed = sum(1 for report in reports if report is not None and report[0] is None)
+    failed = [(index, report[0]) for index, report in enumerate(reports) if report is not None and report[0] is not None
+              and report[0].code() not in _PURGED]
+    if failed:
+        index, error = failed[0]
+        raise ProduceFailed(error, records[index].topic, f"{len(failed)} of {total} record(s) refused: {error.str()}"
+                                                         f"; {confirmed} confirmed written")
+    if refusal is not None:
+        raise ProduceFailed(refusal, records[produced].topic,
+                            f"record {produced + 1} of {total} refused by the producer: {refusal.str()}; "
+                            f"{confirmed} of the {produced} before it confirmed written, none after it produced")
+    unconfirmed = [index for index, report in enumerate(reports) if report is None or report[0] is not None]
+    if unconfirmed:
+        in_flight = sum(1 for index in unconfirmed if reports[index] is None)
+        raise ProduceFailed(KafkaError(KafkaError._TIMED_OUT), records[unconfirmed[0]].topic,
+                            f"{len(unconfirmed)} of {total} record(s) not confirmed within "
+                            f"{time.monotonic() - started:.1f}s: {len(unconfirmed) - in_flight} never sent "
+                            f"(not written), {in_flight} sent and may or may not have been written")
+    return [report[1] for report in reports]  # type: ignore[index]
+
+
+def _require_topics(sender: Producer, records: Sequence[OutgoingRecord], known_topics: Collection[str],
+                    deadline: float) -> None:
+    wanted = sorted({record.topic for record in records} - set(known_topics))
+    if not wanted:
+        return
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise ProduceFailed(KafkaError(KafkaError._TIMED_OUT), wanted[0], "no time left to look the topic up; "
+                                                                          "nothing written")
+    try:
+        # All topics, not the wanted ones by name: a request naming a topic may have the broker create it.
+        listed = sender.list_topics(timeout=left).topics
+    except KafkaException as error:
+        cause = error.args[0] if error.args and isinstance(error.args[0], KafkaError) else KafkaError(KafkaError._FAIL)
+        raise ProduceFailed(cause, wanted[0], f"could not look the topic up ({cause.str()}); "
+                                              f"none of the {len(records)} record(s) written") from error
+    missing = [topic for topic in wanted if topic not in listed]
+    if missing:
+        raise ProduceFailed(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART), missing[0],
+                            f"the topic does not exist; none of the {len(records)} record(s) written")
 
 
 # -- reading the cluster in batches (the exporter and the operator tools both need these) ---------
@@ -178,6 +425,7 @@ GROUP_STATE_NAMES: dict[ConsumerGroupState, str] = {
     ConsumerGroupState.DEAD: "Dead",
     ConsumerGroupState.UNKNOWN: "Unknown",
 }
+GROUP_STATES = tuple(GROUP_STATE_NAMES.values())  # every state group_state_name() gives, in Kafka's order
 
 
 def group_state_name(state: ConsumerGroupState) -> str:

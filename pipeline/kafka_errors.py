@@ -20,11 +20,11 @@ from typing import Any, TypeVar
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
-from pipeline.config import KafkaSettings
 from pipeline.kafka import (
+    KafkaSession,
     Partition,
+    ProduceFailed,
     Watermarks,
-    admin_client,
     fetch_committed_offsets,
     fetch_watermarks,
     result_of,
@@ -100,7 +100,10 @@ def as_exception(error: object) -> BaseException:
 
 
 def is_transient(error: object) -> bool:
-    """Whether ``error`` may pass by itself: asking again later can succeed."""
+    """Whether ``error`` may pass by itself: asking again later can succeed. Never for records not
+    confirmed (ProduceFailed): producing them again could write them twice."""
+    if isinstance(error, ProduceFailed):
+        return False
     if isinstance(error, TimeoutError):
         return True
     reason = kafka_error_of(error)
@@ -201,16 +204,20 @@ def partitions_of(admin: AdminClient, topics: Iterable[str], *, deadline: float,
                            deadline=deadline, request_timeout=request_timeout)
 
 
-def describe_cluster(settings: KafkaSettings, *, deadline: float) -> Any:
+def describe_cluster(kafka: KafkaSession, *, deadline: float) -> Any:
     """The cluster's description (id, controller, brokers), asked again while it does not come.
 
     The request waits on the broker the metadata names as controller, which right after a crash can
-    be the crashed one: each attempt is made by a new client, with metadata as the cluster has it now.
+    be the crashed one: each retry is made by a new admin client (KafkaSession.renew_admin), with
+    metadata as the cluster has it now.
     """
+    attempts = 0
 
     def attempt(timeout: float) -> Any:
-        admin = admin_client(settings)  # referenced until the future resolves: a dropped client cancels it
+        nonlocal attempts
+        attempts += 1
+        admin = kafka.admin if attempts == 1 else kafka.renew_admin()
         return result_of(admin.describe_cluster(request_timeout=timeout), timeout)
 
     return retry_transient(attempt, what="describing the cluster", deadline=deadline,
-                           request_timeout=settings.request_timeout_seconds)
+                           request_timeout=kafka.settings.request_timeout_seconds)

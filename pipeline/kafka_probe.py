@@ -26,9 +26,10 @@ from concurrent.futures import wait
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient
 
 from pipeline.config import ENV_OVERRIDES, Config, KafkaSettings
-from pipeline.kafka import ClientErrors, admin_client, result_of
+from pipeline.kafka import ClientErrors, KafkaSession, kafka_session, result_of
 from pipeline.kafka_errors import error_text, is_transient
 
 log = logging.getLogger("treewatch.kafka")
@@ -245,15 +246,22 @@ class _ClientWatch:
             self.all_brokers_down = error
 
 
-def check_reachable(config: Config, environ: Mapping[str, str] | None = None) -> None:
+def check_reachable(config: Config, environ: Mapping[str, str] | None = None, *,
+                    session: KafkaSession | None = None) -> None:
     """One cluster request through the configured client (TLS, SASL and all); KafkaUnreachable with
     ``describe_unreachable`` when it fails and no broker answers at the bootstrap address, or the
     failure will not pass by itself (credentials, TLS). Bounded by the request timeout, and over
     sooner when librdkafka reports every bootstrap broker down (a closed port is refused at once:
-    waiting out the timeout would only delay the same answer)."""
-    timeout = config.kafka.request_timeout_seconds
+    waiting out the timeout would only delay the same answer). A tool passes its ``session`` so the
+    check asks through the admin client the tool goes on with."""
     watch = _ClientWatch()
-    admin = admin_client(config.kafka, error_cb=watch)  # referenced until the future resolves
+    with kafka_session(config.kafka, session) as kafka, kafka.client_errors_to(watch):
+        _check_through(config, environ, kafka.admin, watch)
+
+
+def _check_through(config: Config, environ: Mapping[str, str] | None, admin: AdminClient, watch: _ClientWatch
+                   ) -> None:
+    timeout = config.kafka.request_timeout_seconds
     future = admin.describe_cluster(request_timeout=timeout)
     give_up = time.monotonic() + timeout
     while not future.done() and watch.all_brokers_down is None and time.monotonic() < give_up:

@@ -6,12 +6,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PYTHON=${PYTHON:-python3}
+# Python packages go into the project's own virtualenv: Debian refuses `pip install` into its
+# Python (externally managed), and two clones never share, or fight over, one installed treewatch.
+BASE_PYTHON=${BASE_PYTHON:-python3}
+VENV=${VENV:-.venv}
+PYTHON=$VENV/bin/python
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 need_apt=()
-command -v java >/dev/null || need_apt+=(default-jre-headless)
-command -v mvn >/dev/null || need_apt+=(maven)
+"$BASE_PYTHON" -c "import ensurepip, venv" 2>/dev/null || need_apt+=(python3-venv)
+# WITHOUT_KAFKA=1 (`make setup-python`): only what the rule and dashboard checks need, no Java, Maven or Kafka jars.
+WITHOUT_KAFKA=${WITHOUT_KAFKA:-}
+if [ -z "$WITHOUT_KAFKA" ]; then
+  command -v java >/dev/null || need_apt+=(default-jre-headless)
+  command -v mvn >/dev/null || need_apt+=(maven)
+fi
 command -v promtool >/dev/null || need_apt+=(prometheus)
 command -v prometheus >/dev/null || need_apt+=(prometheus)
 command -v amtool >/dev/null || need_apt+=(prometheus-alertmanager)
@@ -29,13 +38,23 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 
-stamp=.setup-python.stamp
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -x "$PYTHON" ]; then
+  echo "setup: creating the virtualenv $VENV"
+  "$BASE_PYTHON" -m venv "$VENV"
+fi
+# requirements.lock pins every package (scripts/lock.sh writes it), so a fresh machine next month
+# installs exactly what this commit was tested with.
+stamp=$VENV/.setup.stamp
+want=$(cat pyproject.toml requirements.lock | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! "$PYTHON" -c "import treewatch, pytest" 2>/dev/null; then
-  echo "setup: installing the treewatch Python distribution with its test extras"
-  "$PYTHON" -m pip install -q -e '.[test]'
+  echo "setup: installing the treewatch Python distribution with its test extras into $VENV"
+  "$PYTHON" -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[test]'
   echo "$want" > "$stamp"
 fi
 
+if [ -n "$WITHOUT_KAFKA" ]; then
+  echo "setup: ok (without Kafka)"
+  exit 0
+fi
 "$PYTHON" -m devkafka fetch >/dev/null
 echo "setup: ok (kafka jars in $("$PYTHON" -m devkafka fetch))"

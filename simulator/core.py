@@ -1,5 +1,6 @@
-"""The stand-in pipeline put together: topics, one worker per stage, the services' health
-endpoints and a load generator, started and stopped as one.
+"""The stand-in pipeline put together: topics, one worker per configured stage (in the
+configuration's order: see simulator/stages.py), the services' health endpoints and a load
+generator, started and stopped as one.
 
     with Simulator(config) as sim:
         project = sim.publish_project(files=100)
@@ -26,13 +27,11 @@ from pipeline.events import dead_letter
 from pipeline.kafka import admin_client
 from simulator.health import HealthEndpoints
 from simulator.load import LoadGenerator, Project
-from simulator.stages import ERROR_TYPES, Discover, Index, StageBehaviour, StageLogic, Stamp
+from simulator.stages import ERROR_TYPES, StageBehaviour, pipeline_logics
 from simulator.topics import ensure_topics
 from simulator.worker import StageWorker, WorkerStats, WorkerStuck
 
 log = logging.getLogger("treewatch.simulator")
-
-SIMULATED_STAGES = ("discover", "stamp", "index")
 
 
 class SimulatorError(RuntimeError):
@@ -57,11 +56,13 @@ class Simulator:
     def __init__(self, config: Config, settings: SimulatorSettings | None = None) -> None:
         self.config = config
         self.settings = settings or SimulatorSettings()
-        unknown = sorted(set(self.settings.behaviours) - set(SIMULATED_STAGES))
+        self.stage_names = tuple(stage.name for stage in config.stages)
+        unknown = sorted(set(self.settings.behaviours) - set(self.stage_names))
         if unknown:
-            raise ValueError(f"no simulated stage named {unknown[0]!r}; expected one of {SIMULATED_STAGES}")
+            raise SimulatorError(f"no stage named {unknown[0]!r} to simulate; the configuration has "
+                                 f"{', '.join(self.stage_names)}")
         self._behaviours: dict[str, StageBehaviour] = {
-            name: self.settings.behaviours.get(name, StageBehaviour()) for name in SIMULATED_STAGES
+            name: self.settings.behaviours.get(name, StageBehaviour()) for name in self.stage_names
         }
         self.health = HealthEndpoints(config.services if self.settings.serve_health else (),
                                       bind_host=self.settings.bind_host)
@@ -78,19 +79,18 @@ class Simulator:
                 self.health.start()
             except (OSError, ValueError) as error:  # a port taken, or a URL it cannot serve
                 raise SimulatorError(str(error)) from error
-            for offset, (name, logic) in enumerate(self._logics().items()):
+            logics = pipeline_logics(self.config.stages, self.settings.default_files_per_project)
+            for offset, (name, logic) in enumerate(logics.items()):
                 seed = None if self.settings.seed is None else self.settings.seed + offset
                 worker = StageWorker(self.config.kafka, logic, behaviour=lambda n=name: self._behaviours[n],
                                      seed=seed)
                 worker.start()
                 self.workers[name] = worker
-            self._load = LoadGenerator(self.config.kafka, self.config.stage("discover"))
+            # The first stage is the one discovery requests go to.
+            self._load = LoadGenerator(self.config.kafka, self.config.stages[0])
         except BaseException:
             self.stop()
             raise
-        extra = [s.name for s in self.config.stages if s.name not in SIMULATED_STAGES]
-        if extra:
-            log.info("stages %s are configured but not simulated", ", ".join(extra))
         return self
 
     def stop(self) -> None:
@@ -129,14 +129,6 @@ class Simulator:
             detail = reason.str() if hasattr(reason, "str") else str(reason)
             where = self.config.kafka.bootstrap_servers
             raise SimulatorError(f"cannot create the pipeline's topics on {where}: {detail}") from error
-
-    def _logics(self) -> dict[str, StageLogic]:
-        discover, stamp, index = (self.config.stage(name) for name in SIMULATED_STAGES)
-        return {
-            "discover": Discover(discover, stamp, self.settings.default_files_per_project),
-            "stamp": Stamp(stamp, index),
-            "index": Index(index),
-        }
 
     # -- control ---------------------------------------------------------------------------------
 
@@ -218,7 +210,7 @@ class Simulator:
         try:
             return self._behaviours[stage]
         except KeyError:
-            expected = ", ".join(SIMULATED_STAGES)
+            expected = ", ".join(self.stage_names)
             raise KeyError(f"no simulated stage {stage!r}; expected one of {expected}") from None
 
     def _worker(self, stage: str) -> StageWorker:

@@ -4,14 +4,22 @@ guide's tools publish them (payload ``{project_path, project_name, correlation_i
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from confluent_kafka import KafkaException
+
 from pipeline.config import KafkaSettings, Stage
 from pipeline.events import discovery_request
+from pipeline.kafka import OutgoingRecord, produce_and_confirm
 from pipeline.kafka import producer as make_producer
+from pipeline.kafka_errors import error_text
 from simulator.stages import SOURCE, synthetic_file_paths
+
+# Longest wait for Kafka to confirm what one write() produced.
+WRITE_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -54,18 +62,11 @@ class LoadGenerator:
 
     def write(self, topic: str, records: Sequence[tuple[bytes | None, bytes]]) -> None:
         """Write (key, value) records as they are, and wait until Kafka has every one."""
-        errors: list[str] = []
-
-        def delivered(error: object, _message: object) -> None:
-            if error is not None:
-                errors.append(str(error))
-
-        for key, value in records:
-            self._producer.produce(topic, value, key=key, on_delivery=delivered)
-        remaining = self._producer.flush(30)
-        if remaining or errors:
-            reason = errors[0] if errors else "no confirmation after 30s"
-            raise RuntimeError(f"not written to {topic}: {reason}")
+        outgoing = [OutgoingRecord(topic, value, key) for key, value in records]
+        try:
+            produce_and_confirm(self._producer, outgoing, deadline=time.monotonic() + WRITE_SECONDS)
+        except KafkaException as error:  # ProduceFailed, or no answer to the topics' lookup
+            raise RuntimeError(error_text(error)) from None
 
     def close(self) -> None:
         # publish() already waited for every request; close() ends the producer's threads now

@@ -2,10 +2,17 @@
 the records the stage writes (its outputs, or a failed event and a dead letter). No Kafka here,
 so the consumer loop is the same for every stage and this part is plain to read.
 
+The stages are the configuration's, in its order (``pipeline_logics``): the first receives the
+project's discovery request, each completed request becomes the next stage's request, and the
+last stage's completion finishes a file. With the built-in three:
+
 discover: a project request → one ``discover-completed`` event with ``files_discovered`` = N
           and N stamping requests, one per file.
 stamp:    a file → ``stamping.generate-completed`` and a ``tree.index`` request.
-index:    a file → ``tree.index-completed``.
+index:    a file → ``tree.index-completed`` (and the next stage's request, when one is configured).
+
+A stage added in treewatch.yaml works on files like stamp and index: a completed event carrying the
+file forward, and the request of the stage after it, if any.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +31,7 @@ from pipeline.events import (
     dead_letter,
     decode_json_object,
     envelope,
+    payload_of,
 )
 
 SOURCE = "treewatch-simulator"
@@ -91,25 +99,42 @@ def request_payload(value: bytes | None, required: tuple[str, ...]) -> tuple[dic
     record = decode_json_object(value)
     if record is None:
         raise InvalidRequest("not a JSON object")
-    payload = record["payload"] if isinstance(record.get("payload"), dict) else record
+    payload = payload_of(record)
     missing = [name for name in required if not isinstance(payload.get(name), str) or not payload[name]]
     if missing:
         raise InvalidRequest(f"missing or empty field(s): {', '.join(missing)}")
     return payload, record
 
 
+# The event names the built-in stages' events are made of (``<name>.requested``, ``.completed``,
+# ``.failed``); a stage added in the configuration uses its own name.
+EVENT_NAMES: dict[str, str] = {"discover": "tree.discover", "stamp": "stamping.generate", "index": "tree.index"}
+
+
+def event_name(stage: Stage) -> str:
+    return EVENT_NAMES.get(stage.name, stage.name)
+
+
 class StageLogic(ABC):
-    """One stage's work on one request; subclasses say what success writes."""
+    """One stage's work on one request; subclasses say what success writes. ``next_stage`` is the
+    stage whose requests this one's completions become (None for the last)."""
 
     required: tuple[str, ...] = ("correlation_id",)
-    event_name = ""
 
-    def __init__(self, stage: Stage) -> None:
+    def __init__(self, stage: Stage, next_stage: Stage | None = None) -> None:
         self.stage = stage
+        self.next_stage = next_stage
+        self.event_name = event_name(stage)
 
     @abstractmethod
     def succeed(self, payload: dict[str, Any]) -> list[Record]:
         """The records the stage writes when the request succeeds."""
+
+    def next_request(self, key: str, payload: dict[str, Any]) -> list[Record]:
+        """The next stage's request for ``payload`` (nothing after the last stage)."""
+        if self.next_stage is None:
+            return []
+        return [Record(self.next_stage.request_topic, key, _event(f"{event_name(self.next_stage)}.requested", payload))]
 
     def dead_letters(self, project_name: str, project_path: str, correlation: str, count: int,
                      error_type: str) -> list[Record]:
@@ -175,12 +200,13 @@ class StageLogic(ABC):
 
 
 class Discover(StageLogic):
-    required = ("correlation_id", "project_path")
-    event_name = "tree.discover"
+    """The first stage: a project's discovery request → its completed event with the number of
+    files found, and one request of the next stage per file."""
 
-    def __init__(self, stage: Stage, stamp: Stage, default_files: int) -> None:
-        super().__init__(stage)
-        self.stamp = stamp
+    required = ("correlation_id", "project_path")
+
+    def __init__(self, stage: Stage, next_stage: Stage | None, default_files: int) -> None:
+        super().__init__(stage, next_stage)
         self.default_files = default_files
 
     def succeed(self, payload: dict[str, Any]) -> list[Record]:
@@ -196,39 +222,53 @@ class Discover(StageLogic):
         completed = _event(f"{self.event_name}.completed", {**project, "files_discovered": files})
         records = [Record(self.stage.completed_topic, project["correlation_id"], completed)]
         for index, path in enumerate(synthetic_file_paths(project_path, files)):
-            file = {**project, "file_path": path, "file_index": index}
-            request = _event("stamping.generate.requested", file)
-            records.append(Record(self.stamp.request_topic, path, request))
+            records += self.next_request(path, {**project, "file_path": path, "file_index": index})
         return records
 
 
-class Stamp(StageLogic):
-    required = ("correlation_id", "file_path")
-    event_name = "stamping.generate"
+class FileStage(StageLogic):
+    """A stage that works on one file: a completed event and the next stage's request, both carrying
+    the file and what this stage adds to it (``adds``)."""
 
-    def __init__(self, stage: Stage, index: Stage) -> None:
-        super().__init__(stage)
-        self.index = index
+    required = ("correlation_id", "file_path")
+
+    def adds(self, file: dict[str, Any]) -> dict[str, Any]:
+        """What this stage's work adds to the file's events."""
+        return {}
 
     def succeed(self, payload: dict[str, Any]) -> list[Record]:
         identity = _identity(payload)
         path = identity["file_path"]
-        stamp = {"content_hash": hashlib.blake2b(path.encode(), digest_size=16).hexdigest(),
-                 "stamped_by": "metadata-stamping"}
-        completed = _event(f"{self.event_name}.completed", {**identity, "stamp": stamp})
-        request = _event("tree.index.requested", {**identity, "stamp": stamp})
-        return [Record(self.stage.completed_topic, path, completed),
-                Record(self.index.request_topic, path, request)]
+        file = {**identity, **self.adds(identity)}
+        completed = _event(f"{self.event_name}.completed", file)
+        return [Record(self.stage.completed_topic, path, completed), *self.next_request(path, file)]
 
 
-class Index(StageLogic):
-    required = ("correlation_id", "file_path")
-    event_name = "tree.index"
+class Stamp(FileStage):
+    def adds(self, file: dict[str, Any]) -> dict[str, Any]:
+        digest = hashlib.blake2b(file["file_path"].encode(), digest_size=16).hexdigest()
+        return {"stamp": {"content_hash": digest, "stamped_by": "metadata-stamping"}}
 
-    def succeed(self, payload: dict[str, Any]) -> list[Record]:
-        identity = _identity(payload)
-        completed = _event(f"{self.event_name}.completed", {**identity, "indexed_in": ["qdrant", "memgraph"]})
-        return [Record(self.stage.completed_topic, identity["file_path"], completed)]
+
+class Index(FileStage):
+    def adds(self, file: dict[str, Any]) -> dict[str, Any]:
+        return {"indexed_in": ["qdrant", "memgraph"]}
+
+
+# What the built-in file stages add; any other stage after the first is a plain FileStage.
+FILE_STAGES: dict[str, type[FileStage]] = {"stamp": Stamp, "index": Index}
+
+
+def pipeline_logics(stages: Sequence[Stage], default_files: int) -> dict[str, StageLogic]:
+    """stage name → its logic, for the configuration's stages in order: the first discovers, each
+    one's completions are the next one's requests."""
+    if not stages:
+        raise ValueError("a pipeline has at least one stage")
+    following: list[Stage | None] = [*stages[1:], None]
+    logics: dict[str, StageLogic] = {stages[0].name: Discover(stages[0], following[0], default_files)}
+    for stage, next_stage in zip(stages[1:], following[1:], strict=True):
+        logics[stage.name] = FILE_STAGES.get(stage.name, FileStage)(stage, next_stage)
+    return logics
 
 
 def _identity(payload: dict[str, Any]) -> dict[str, Any]:

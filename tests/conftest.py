@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+import treewatch  # noqa: F401  (its import registers every section of the configuration file)
 from devkafka import KafkaCluster
 
 

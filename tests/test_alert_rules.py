@@ -173,15 +173,6 @@ def test_every_metric_in_every_expression_is_defined() -> None:
         assert not unknown, f"{rule.get('alert') or rule.get('record')} reads undefined metrics {unknown}"
 
 
-def test_metric_name_tokenizer_skips_labels_strings_functions_and_keywords() -> None:
-    expr = (
-        'sum by (stage) (rate(a_total{job="x", topic=~"b{c}d"}[5m])) / on (stage) group_left (group) b'
-        ' > bool 0.5 and ignoring (le) c offset 1h or label_replace(vector(1), "d", "e", "", "")'
-        ' unless max without (instance) (d:recorded:rate5m) * 1e3'
-    )
-    assert metric_names(expr) == {"a_total", "b", "c", "d:recorded:rate5m"}
-
-
 def test_undefined_metric_is_caught() -> None:
     known = metrics.names()
     assert metric_names("rate(tree_events_procesed_total[5m]) > 0") - known == {"tree_events_procesed_total"}

@@ -22,7 +22,7 @@ from alerts import generate
 from alerts.alertmanager import ALERTS_RECEIVER, HEARTBEAT_RECEIVER, NULL_RECEIVER, ONCALL_RECEIVER
 from alerts.config import CONFIG, OVERVIEW_DASHBOARD_UID
 from devkafka import free_port
-from treewatch.stack import Alertmanager, SlackSink, monitoring_config, running_alertmanager
+from localbundle.stack import Alertmanager, SlackSink, monitoring_config, running_alertmanager
 
 ROOT = Path(__file__).resolve().parent.parent
 GENERATED = ROOT / "alerts" / "generated"
@@ -152,7 +152,7 @@ def test_amtool_renders_a_resolved_message(render: Callable[[dict[str, Any], str
 
 @dataclass(frozen=True)
 class RunningAlertmanager:
-    """The Alertmanager the demo and the incident tests run (treewatch/stack.py), its sink beside it."""
+    """The Alertmanager the demo and the incident tests run (localbundle/stack.py), its sink beside it."""
 
     api: Alertmanager
     sink: SlackSink

@@ -72,8 +72,8 @@ def test_bench_of_a_small_project_completes_with_exact_counts(simulator: Simulat
     document = json.loads(capsys.readouterr().out)
     assert document["completed"] is True
     progress = document["progress"]
-    assert (progress["discovered"], progress["stamped"], progress["indexed"], progress["failed_files"]) == \
-        (30, 30, 30, 0)
+    assert (progress["discovered"], progress["completed"], progress["failed_files"]) == \
+        (30, {"stamp": 30, "index": 30}, 0)
     assert progress["dead_lettered"] == {"discover": 0, "stamp": 0, "index": 0}
     assert progress["unreadable"] == 0
     assert document["files_per_second"] > 0
@@ -92,7 +92,7 @@ def test_bench_text_report_prints_the_guides_targets(simulator: Simulator, confi
     out = capsys.readouterr().out
     assert "discovery request published, correlation id " in out
     assert "status: COMPLETED" in out
-    assert "files: 5 discovered (requested 5), 5 stamped, 5 indexed, 0 failed" in out
+    assert "files: 5 discovered (requested 5), completed: stamp 5, index 5; 0 failed" in out
     assert re.search(r"throughput: [\d.]+ files/s", out)
     assert re.search(r"throughput: (PASS|FAIL) .* \(target >= 166 files/s\)", out)
     assert re.search(r"duration: (PASS|FAIL) .* \(target <= 0\.03s for 5 files \(60s per 10,000\)\)", out)
@@ -115,7 +115,7 @@ def test_bench_counts_exactly_the_dead_letters_the_dlq_holds_for_its_correlation
     assert progress.dead_lettered == {"discover": 0, "stamp": len(in_dlq), "index": 0}
     assert progress.failed["stamp"] == len(failed_events) == len(in_dlq)
     assert progress.failed_files == len(in_dlq)
-    assert progress.indexed + progress.failed_files == progress.discovered == 30
+    assert progress.finished + progress.failed_files == progress.discovered == 30
     assert result.dlq_rate == pytest.approx(len(in_dlq) / 30)
     assert not next(t for t in result.targets if t.name == "dlq rate").passed
 

@@ -36,7 +36,7 @@ from devkafka import KafkaCluster, free_port
 from exporter.group_reader import GroupReaderLost, IsolatedGroupReader
 from exporter.kafka_groups import GroupInfo, GroupsRead, HeldGroups
 from exporter.kafka_source import KafkaSource
-from exporter.metrics import Collector
+from exporter.metrics import KAFKA_CONSUMER_GROUP_LAG, Part
 from pipeline.config import parse_config
 from pipeline.kafka import result_of
 from tests.test_resilience import KAFKA_COLLECTORS, Series, await_scrape, scrape, value
@@ -88,10 +88,10 @@ def _source(kafka: KafkaCluster) -> KafkaSource:
 
 
 def _lag(results: dict, group: str) -> dict[int, float]:
-    samples = results[Collector.KAFKA_GROUPS]
+    samples = results[Part.KAFKA_GROUPS]
     assert not isinstance(samples, BaseException), samples
     return {int(s.labels[2]): s.value for s in samples
-            if s.metric == "kafka_consumer_group_lag" and s.labels[0] == group}
+            if s.metric is KAFKA_CONSUMER_GROUP_LAG and s.labels[0] == group}
 
 
 def test_a_group_reader_that_dies_or_freezes_is_replaced(kafka: KafkaCluster, unique: str) -> None:
@@ -109,9 +109,9 @@ def test_a_group_reader_that_dies_or_freezes_is_replaced(kafka: KafkaCluster, un
         frozen = reader.pid
         os.kill(frozen, signal.SIGSTOP)
         results = source.gather()
-        assert isinstance(results[Collector.KAFKA_GROUPS], GroupReaderLost)
-        assert "did not answer" in str(results[Collector.KAFKA_GROUPS])
-        for collector in (Collector.KAFKA_CLUSTER, Collector.KAFKA_TOPICS, Collector.PIPELINE, Collector.DLQ):
+        assert isinstance(results[Part.KAFKA_GROUPS], GroupReaderLost)
+        assert "did not answer" in str(results[Part.KAFKA_GROUPS])
+        for collector in (Part.KAFKA_CLUSTER, Part.KAFKA_TOPICS, Part.PIPELINE, Part.DLQ):
             assert not isinstance(results[collector], BaseException), results[collector]
         assert _lag(source.gather(), group) == expected
         assert reader.replacements == 1

@@ -16,7 +16,7 @@ from confluent_kafka.admin import NewTopic
 
 from devkafka import KafkaCluster
 from exporter.kafka_source import KafkaSource
-from exporter.metrics import Collector
+from exporter.metrics import Part
 from pipeline.config import Config, parse_config
 from pipeline.kafka import result_of
 
@@ -65,10 +65,10 @@ def _gather(cluster: KafkaCluster) -> dict:
 
 
 def _cluster_values(results: dict) -> dict[tuple[str, tuple[str, ...]], float]:
-    samples = results[Collector.KAFKA_CLUSTER]
+    samples = results[Part.KAFKA_CLUSTER]
     if isinstance(samples, BaseException):
         return {}
-    return {(s.metric, s.labels): s.value for s in samples}
+    return {(s.metric.name, s.labels): s.value for s in samples}
 
 
 def _await_values(cluster: KafkaCluster, wanted: Callable[[dict], bool], what: str) -> dict:
@@ -98,9 +98,9 @@ def test_healthy_cluster(kafka_cluster3: KafkaCluster, topic: str) -> None:
 
 
 def _requested(results: dict) -> float | None:
-    samples = results[Collector.PIPELINE]
+    samples = results[Part.PIPELINE]
     assert not isinstance(samples, BaseException), samples
-    return {s.labels: s.value for s in samples if s.metric == "tree_events_requested_total"}.get(("discover",))
+    return {s.labels: s.value for s in samples if s.metric.name == "tree_events_requested_total"}.get(("discover",))
 
 
 def test_stopped_broker_shows_and_recovers(kafka_cluster3: KafkaCluster, topic: str, request_topic: str) -> None:
@@ -115,7 +115,7 @@ def test_stopped_broker_shows_and_recovers(kafka_cluster3: KafkaCluster, topic: 
         assert leaderless[("kafka_topic_leaderless_partitions", (request_topic,))] == 1
         results = pipeline.gather()
         assert (request_topic, "2") not in {
-            s.labels for s in results[Collector.KAFKA_TOPICS] if s.metric == "kafka_topic_partition_current_offset"}
+            s.labels for s in results[Part.KAFKA_TOPICS] if s.metric.name == "kafka_topic_partition_current_offset"}
         # The partition without a leader counts with its last known offset: no drop, no reset.
         requested.append(_requested(results))
         down = _await_values(kafka_cluster3, lambda v: v[("kafka_brokers", ())] == 2

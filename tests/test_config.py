@@ -3,11 +3,37 @@ with a message naming the file, the field and what was expected."""
 
 from __future__ import annotations
 
+import dataclasses
+import re
+import subprocess
+import sys
+import types
+import typing
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Annotated, Any
 
+import jsonschema
 import pytest
+import yaml
+from pydantic import Field
 
-from pipeline.config import DEFAULT_STAGES, ConfigError, load_config, parse_config
+import pipeline.config
+from pipeline.config import (
+    DEFAULT_STAGES,
+    SECTIONS,
+    Config,
+    ConfigError,
+    NotInFile,
+    Secret,
+    config_schema,
+    config_section,
+    load_config,
+    parse_config,
+)
+from treewatch import config_schema as schema_generator
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -169,3 +195,129 @@ def test_an_infinite_value_is_one_problem_not_two(tmp_path):
     lines = refused(path).splitlines()[1:]
     assert lines == [f"  {path}: exporter.max_series: expected at least 1, got integer 0",
                      f"  {path}: exporter.refresh_interval_seconds: expected a finite number, got number inf"]
+
+
+# -- one declaration per field --------------------------------------------------------------------
+
+def test_the_committed_schema_is_the_one_the_declarations_make():
+    assert schema_generator.SCHEMA_FILE.read_text() == schema_generator.render(), "run make generate"
+
+
+def declared_fields(declaration: type, schema: dict[str, Any], path: str) -> list[tuple[str, dict[str, Any] | None]]:
+    """(path, its schema or None) for every field the file may set, walking the declarations."""
+    found = []
+    hints = typing.get_type_hints(declaration, include_extras=True)
+    for item in dataclasses.fields(declaration):
+        annotation = hints[item.name]
+        markers = typing.get_args(annotation)[1:] if typing.get_origin(annotation) is Annotated else ()
+        if any(isinstance(m, NotInFile) for m in markers) or path.endswith("*") and item.name == "name":
+            continue  # not the file's to set (filled in by the loader, or set by code), or the entry's key
+        name = f"{item.name}_file" if any(isinstance(m, Secret) and not m.inline for m in markers) else item.name
+        node = schema["properties"].get(name)
+        found.append((f"{path}.{name}".lstrip("."), node))
+        kind = typing.get_args(annotation)[0] if markers else annotation
+        if isinstance(kind, types.UnionType):
+            kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+        if node is None:
+            continue
+        if dataclasses.is_dataclass(kind):
+            found += declared_fields(kind, node, f"{path}.{name}")
+        elif typing.get_origin(kind) is tuple and dataclasses.is_dataclass(typing.get_args(kind)[0]):
+            found += declared_fields(typing.get_args(kind)[0], node["additionalProperties"], f"{path}.{name}.*")
+    return found
+
+
+def test_every_declared_field_is_in_the_schema_with_its_description():
+    schema = config_schema()
+    found = declared_fields(Config, schema, "")
+    for name, section in SECTIONS.items():
+        found.append((name, schema["properties"].get(name)))
+        found += declared_fields(section.declaration, schema["properties"][name], name)
+    paths = {path for path, _ in found}
+    assert {"kafka.sasl.password", "stages.*.dlq_topic", "services.*.url", "exporter.max_series",
+            "exporter.groups.deny", "exporter.web.tls_key_password_file"} <= paths
+    assert [path for path, node in found if node is None] == []
+    assert [path for path, node in found if not node.get("description")] == []
+
+
+def example_lines(text: str) -> str:
+    """treewatch.example.yaml with its commented-out examples (``#   key: value``) made live."""
+    live = re.compile(r"^(\s*)# ?(\s*[a-z_]+:(\s.*)?)$")
+    return "\n".join(live.sub(r"\1\2", line) for line in text.splitlines()) + "\n"
+
+
+def test_the_example_file_and_every_example_it_comments_out_validate():
+    text = (REPO / "treewatch.example.yaml").read_text()
+    assert load_config(REPO / "treewatch.example.yaml", environ={}).exporter.max_series == 200_000
+    everything = yaml.safe_load(example_lines(text))
+    assert {"sasl", "tls"} <= set(everything["kafka"])  # the commented-out blocks were found
+    assert {"tls_cert_file", "tls_key_file", "tls_key_password_file"} <= set(everything["exporter"]["web"])
+    validator = jsonschema.Draft202012Validator(config_schema(), format_checker=jsonschema.FormatChecker())
+    assert [error.message for error in validator.iter_errors(everything)] == []
+
+
+@pytest.fixture
+def registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sections registered in a test go away with it."""
+    monkeypatch.setattr(pipeline.config, "SECTIONS", dict(SECTIONS))
+    monkeypatch.setattr(pipeline.config, "ENV_OVERRIDES", dict(pipeline.config.ENV_OVERRIDES))
+
+
+def test_a_new_section_or_knob_is_one_declaration(registry, tmp_path):
+    @config_section("archive", "Where old snapshots go.", environment={"TREEWATCH_ARCHIVE_URL": ("url",)})
+    @dataclasses.dataclass(frozen=True)
+    class ArchiveSettings:
+        url: Annotated[str, Field(pattern="^s3://", description="an s3:// URL")] = "s3://treewatch"
+        keep_days: Annotated[int, Field(ge=1, le=3650, description="How long a snapshot is kept.")] = 30
+        token: Annotated[str | None, Field(description="Archive token."), Secret()] = None
+        labels: Annotated[Mapping[str, str], Field(description="Extra object labels.")] = dataclasses.field(
+            default_factory=dict)
+
+    schema = config_schema()["properties"]["archive"]
+    assert schema["description"] == "Where old snapshots go."
+    assert schema["properties"]["keep_days"] == {"description": "How long a snapshot is kept.", "maximum": 3650,
+                                                 "minimum": 1, "type": "integer", "default": 30}
+    assert {"token", "token_file", "labels"} <= set(schema["properties"]) and not schema["additionalProperties"]
+
+    assert parse_config({}, "t.yaml", environ={}).archive == ArchiveSettings()
+    token = tmp_path / "token"
+    token.write_text("t0ken\n")
+    given = {"archive": {"keep_days": 7, "token_file": str(token), "labels": {"team": "ops"}}}
+    archive = parse_config(given, "t.yaml", environ={"TREEWATCH_ARCHIVE_URL": "s3://elsewhere"}).archive
+    assert archive == ArchiveSettings(url="s3://elsewhere", keep_days=7, token="t0ken", labels={"team": "ops"})
+
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"archive": {"keep_days": 0, "url": "ftp://x", "kept_days": 1}}, "t.yaml", environ={})
+    assert str(caught.value).splitlines()[1:] == [
+        "  t.yaml: archive.kept_days: unknown field (expected one of: keep_days, labels, token, token_file, url)",
+        "  t.yaml: archive.keep_days: expected at least 1, got integer 0",
+        "  t.yaml: archive.url: expected an s3:// URL, got string 'ftp://x'"]
+
+
+def test_a_section_is_declared_once(registry):
+    with pytest.raises(ValueError, match="'exporter' is declared twice"):
+        config_section("exporter", "again")(type("Again", (), {}))
+
+
+def test_a_tool_run_validates_the_exporter_section_too(tmp_path):
+    path = write(tmp_path, "exporter:\n  max_series: many\n")
+    result = subprocess.run([sys.executable, "-m", "treewatch", "status", "--config", str(path)],
+                            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert result.returncode == 2, result.stderr
+    assert f"{path}: exporter.max_series: expected integer, got string 'many'" in result.stderr
+
+
+def test_the_ground_floor_imports_nothing_above_it():
+    probe = ("import sys, pipeline.config; "
+             "print(sorted({m.split('.')[0] for m in sys.modules} & {'exporter', 'tools', 'simulator', 'alerts', "
+             "'dashboards', 'treewatch', 'localbundle'}))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_name_filters_from_the_file_are_matched_whole_allow_then_deny():
+    exporter = parse_config({"exporter": {"topics": {"allow": ["dev\\..*"], "deny": [".*\\.dlq"]}}}, "t.yaml",
+                            environ={}).exporter
+    assert [exporter.topics(name) for name in ("dev.a.v1", "dev.a.v1.dlq", "prod.dev.a", "__consumer_offsets")] == [
+        True, False, False, False]
+    assert exporter.groups("any-group") and not parse_config({}, "t.yaml", environ={}).exporter.topics("__offsets")

@@ -12,6 +12,7 @@ whole module: panels that query a recording rule see what the alert sees.
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import re
@@ -34,7 +35,7 @@ from alerts.rules import recordings
 from dashboards import common, generate
 from devkafka import free_port
 from exporter import metrics
-from exporter.metrics import Collector, Kind, MetricDef
+from exporter.metrics import Kind, MetricDef, Part
 from pipeline.config import parse_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,6 +91,17 @@ def query_variables(dashboard: dict) -> list[dict]:
     return [variable for variable in dashboard["templating"]["list"] if variable["type"] == "query"]
 
 
+# Every variable as a dashboard opens: Grafana's own at BUILTINS, the query variables on "All".
+OPENING_VALUES = {**BUILTINS, **{variable["name"]: common.ALL_VALUE for dashboard in DASHBOARDS.values()
+                                 for variable in query_variables(dashboard)}}
+
+
+def metrics_read(expr: str) -> set[str]:
+    """The metrics a dashboard query reads: its PromQL once Grafana's variables are substituted
+    (``[$__rate_interval]`` is no PromQL duration)."""
+    return metric_names(substitute(expr, OPENING_VALUES))
+
+
 LABEL_VALUES = re.compile(r"^label_values\((?P<selector>.+),\s*(?P<label>\w+)\)$", re.DOTALL)
 
 RECORDING_RULES = {rule.record for rule in recordings(CONFIG)}
@@ -98,6 +110,27 @@ PROMETHEUS_ALERTS = "ALERTS"
 
 
 # -- structure --------------------------------------------------------------------------------------
+
+def _imported_modules(path: Path) -> set[str]:
+    modules = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            modules |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            modules.add(node.module)
+    return modules
+
+
+def test_grafanalib_is_used_only_through_common_and_its_public_modules():
+    """Swapping or upgrading grafanalib touches one file, and no private module can change under it."""
+    importers = {}
+    for path in sorted((REPO / "dashboards").glob("*.py")):
+        grafanalib = {module for module in _imported_modules(path) if module.split(".")[0] == "grafanalib"}
+        if grafanalib:
+            importers[path.name] = grafanalib
+    assert set(importers) == {"common.py"}, importers
+    assert not any(part.startswith("_") for module in importers["common.py"] for part in module.split("."))
+
 
 def test_generated_files_are_committed_and_up_to_date():
     for name, text in generate.rendered().items():
@@ -192,7 +225,7 @@ def test_every_metric_is_one_the_exporter_defines():
             exprs.append((f"{name} ${variable['name']}", match["selector"]))
     known = metrics.names() | RECORDING_RULES | {PROMETHEUS_ALERTS}
     for where, expr in exprs:
-        names = metric_names(expr)
+        names = metrics_read(expr)
         assert names, f"{where}: no metric found in {expr!r}"
         unknown = names - known
         assert not unknown, f"{where}: neither in exporter/metrics.py nor a recording rule: {unknown}"
@@ -231,12 +264,13 @@ def test_low_throughput_line_is_drawn_only_for_the_stages_it_applies_to():
     assert panel["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"]["mode"] == "off"
     (override,) = panel["fieldConfig"]["overrides"]
     pattern = re.compile(override["matcher"]["options"])
-    assert {stage.name for stage in PIPELINE.stages if pattern.search(stage.name)} == set(
-        CONFIG.low_throughput_stages)
+    assert {stage.name for stage in PIPELINE.stages if not pattern.search(stage.name)} == set(
+        CONFIG.low_throughput_exempt_stages)
+    assert pattern.search("a-stage-added-in-the-configuration")
 
 
 def _queries_reading(metric: str) -> list[Query]:
-    return [query for query in QUERIES if metric in metric_names(query.expr)]
+    return [query for query in QUERIES if metric in metrics_read(query.expr)]
 
 
 def test_dlq_retained_and_partial_group_reads_are_shown():
@@ -289,7 +323,9 @@ PARTITIONS = ("0", "1", "2")
 ERROR_TYPES = ("FILE_NOT_FOUND", "INTELLIGENCE_SERVICE_ERROR", "ENCODING_ERROR", "unparseable")
 STEP_SECONDS = 15
 HISTORY_SECONDS = 2 * 3600
-SCRAPE_LABELS = {"job": "treewatch", "instance": "treewatch:9847"}
+# env and cluster: the target labels a scrape configuration of several environments adds
+# (alerts/environments.py), so $env and $cluster have values and every query is filtered by them.
+SCRAPE_LABELS = {"job": "treewatch", "instance": "treewatch:9847", "env": "prod", "cluster": "kafka-prod"}
 
 # The incidents the data holds: one service's probe fails, one is degraded, one group is empty and
 # has a stalled partition, the exporter read the consumer groups only partly for a while, and the
@@ -337,7 +373,7 @@ def _label_sets() -> dict[tuple[str, ...], list[LabelSet]]:
                                 for status in metrics.SERVICE_STATES],
         ("service", "reason"): [{"service": name, "reason": reason} for name in services
                                 for reason in metrics.PROBE_FAILURE_REASONS],
-        ("collector",): [{"collector": collector.value} for collector in Collector],
+        ("collector",): [{"collector": collector.value} for collector in Part],
         ("version", "python_version", "librdkafka_version"): [
             {"version": "0.1.0", "python_version": "3.11.7", "librdkafka_version": "2.6.0"}],
     }

@@ -260,7 +260,7 @@ def bind_mounts(service: dict[str, Any]) -> list[tuple[str, str]]:
 def test_compose_has_the_stack_and_the_guides_container_name() -> None:
     services = compose()["services"]
     assert set(services) == {"redpanda", "simulator", "exporter", "prometheus", "alertmanager", "grafana"}
-    assert services["redpanda"]["container_name"] == "omninode-bridge-redpanda"
+    assert host_path(services["redpanda"]["container_name"]) == "omninode-bridge-redpanda"
     assert services["redpanda"]["image"].startswith("redpandadata/redpanda:")
     for name, image in (("prometheus", "prom/prometheus:"), ("alertmanager", "prom/alertmanager:"),
                         ("grafana", "grafana/grafana:")):
@@ -292,12 +292,47 @@ def test_the_dockerfile_copies_only_what_exists_and_installs_every_package() -> 
 
 def test_published_ports_do_not_clash_and_are_the_guides() -> None:
     services = compose()["services"]
-    published = [str(port).split(":")[0] for service in services.values()
+    published = [host_path(str(port)).split(":")[0] for service in services.values()
                  for port in service.get("ports", [])]
     assert len(published) == len(set(published)), published
     guide_ports = {url.rsplit(":", 1)[1].split("/")[0] for url in DEFAULT_SERVICES.values()}
     assert guide_ports <= set(published)
     assert {"9847", "9090", "9093", "3000"} <= set(published)
+
+
+def test_every_host_port_and_container_name_can_be_moved_out_of_a_real_pipelines_way() -> None:
+    # A real pipeline on the same host already holds the guide's ports and broker container name.
+    services = compose()["services"]
+    fixed = [(name, spec) for name, service in services.items() for spec in service.get("ports", [])
+             if not re.match(r"\$\{TREEWATCH_[A-Z_]+:-\d+\}\d*:\d+$", str(spec))]
+    assert fixed == []
+    named = {name: service["container_name"] for name, service in services.items() if "container_name" in service}
+    assert all(re.fullmatch(r"\$\{TREEWATCH_[A-Z_]+:-[\w.-]+\}", value) for value in named.values()), named
+    header = COMPOSE.read_text().split("\nname:", 1)[0]
+    variables = set(re.findall(r"\$\{(TREEWATCH_[A-Z_]+):-", COMPOSE.read_text()))
+    assert variables - {"TREEWATCH_ENV"} <= set(re.findall(r"TREEWATCH_[A-Z_]+", header)), "document each variable"
+
+
+def test_every_service_has_a_healthcheck_and_waits_for_what_it_needs_to_be_healthy() -> None:
+    services = compose()["services"]
+    for name, service in services.items():
+        check = service.get("healthcheck", {}).get("test")
+        assert check and check[0] == "CMD", f"{name} has no healthcheck"
+        depends_on = service.get("depends_on", {})
+        assert isinstance(depends_on, dict), f"{name}: depends_on without conditions"
+        assert all(spec.get("condition") == "service_healthy" for spec in depends_on.values()), name
+        assert set(depends_on) <= set(services), name
+    # The stack comes up in order: broker, then treewatch, then Prometheus, then Grafana.
+    assert set(services["prometheus"]["depends_on"]) == {"exporter", "alertmanager"}
+    assert set(services["grafana"]["depends_on"]) == {"prometheus"}
+    assert set(services["exporter"]["depends_on"]) == {"redpanda"}
+
+
+def test_every_image_is_pinned_to_a_full_version() -> None:
+    images = [service["image"] for name, service in compose()["services"].items() if "build" not in service]
+    bases = re.findall(r"^FROM (\S+)", (REPO / "deploy" / "Dockerfile").read_text(), re.M)
+    for image in images + bases:
+        assert re.search(r":v?\d+\.\d+\.\d+(-[\w.-]+)?$|@sha256:[0-9a-f]{64}$", image), image
 
 
 def test_prometheus_and_alertmanager_know_the_url_people_reach_them_at() -> None:
@@ -309,7 +344,7 @@ def test_prometheus_and_alertmanager_know_the_url_people_reach_them_at() -> None
         variable, default = re.fullmatch(r"--web.external-url=\$\{([A-Z_]+):-([^}]+)\}", flags[0]).groups()
         assert variable == f"{name.upper()}_EXTERNAL_URL"
         assert default == f"http://localhost:{port}"
-        assert f"{port}:{port}" in services[name]["ports"]
+        assert f"{port}:{port}" in [host_path(spec) for spec in services[name]["ports"]]
 
 
 def test_the_treewatch_containers_config_is_valid_and_points_inside_the_stack() -> None:
@@ -326,7 +361,7 @@ def test_the_treewatch_containers_config_is_valid_and_points_inside_the_stack() 
     exporter_config = load_config(REPO / bind_mounts(services["exporter"])[0][0],
                                   environ={k: str(v) for k, v in services["exporter"]["environment"].items()})
     host, port = exporter_config.exporter.listen_host_port
-    assert (host, f"{port}:{port}") == ("0.0.0.0", services["exporter"]["ports"][0])
+    assert (host, f"{port}:{port}") == ("0.0.0.0", host_path(services["exporter"]["ports"][0]))
 
 
 def test_prometheus_config_scrapes_the_exporter_and_loads_the_mounted_rules(tmp_path: Path) -> None:
@@ -339,7 +374,7 @@ def test_prometheus_config_scrapes_the_exporter_and_loads_the_mounted_rules(tmp_
 
     config = yaml.safe_load(config_path.read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    exporter_port = services["exporter"]["ports"][0].split(":")[1]
+    exporter_port = host_path(services["exporter"]["ports"][0]).split(":")[1]
     assert jobs["treewatch"]["static_configs"][0]["targets"] == [f"exporter:{exporter_port}"]
     assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["alertmanager:9093"]
     for rule_file in config["rule_files"]:

@@ -204,8 +204,8 @@ def test_a_round_of_every_misbehaviour_ends_within_its_timeout(server: str) -> N
 
 
 def test_reasons_and_states_match_the_metric_contract() -> None:
-    assert health.FAILURE_REASONS == metrics.PROBE_FAILURE_REASONS
-    assert health.STATES == metrics.SERVICE_STATES
+    assert metrics.PROBE_FAILURE_REASONS is health.FAILURE_REASONS  # declared once, where probes make them
+    assert metrics.SERVICE_STATES is health.STATES
 
 
 def test_credentials_in_a_url_never_reach_a_message() -> None:
@@ -222,14 +222,14 @@ def _services_config(server: str, services: dict[str, str], refresh: float = 5.0
 
 
 def _values(samples, metric: str) -> dict[tuple[str, ...], float]:
-    return {s.labels: s.value for s in samples if s.metric == metric}
+    return {s.labels: s.value for s in samples if s.metric.name == metric}
 
 
 def test_services_source_writes_every_state_and_reason_one_hot(server: str) -> None:
     source = ServicesSource(_services_config(server, {"bridge": "/degraded", "onextree": "/loop"}))
-    samples = source.gather()[metrics.Collector.SERVICES]
+    samples = source.gather()[metrics.Part.SERVICES]
     for sample in samples:
-        assert metrics.get(sample.metric).collector is metrics.Collector.SERVICES
+        assert sample.metric in metrics.METRICS and sample.metric.collector is metrics.Part.SERVICES
     status = _values(samples, "tree_service_status")
     assert status == {("bridge", s): float(s == "degraded") for s in metrics.SERVICE_STATES} | {
         ("onextree", s): float(s == "unknown") for s in metrics.SERVICE_STATES}
@@ -246,6 +246,6 @@ def test_probe_timeout_is_kept_below_the_refresh_interval(server: str) -> None:
     source = ServicesSource(_services_config(server, {"intelligence": "/hang"}, refresh=refresh, timeout=30))
     assert source.timeout_seconds < refresh
     deadline = time.monotonic() + refresh * BOUND_FACTOR
-    samples = source.gather()[metrics.Collector.SERVICES]
+    samples = source.gather()[metrics.Part.SERVICES]
     assert time.monotonic() < deadline
     assert _values(samples, "tree_service_probe_failure")[("intelligence", "timeout")] == 1.0

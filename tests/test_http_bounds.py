@@ -24,11 +24,11 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 
 import exporter.render
 from exporter.app import build_exporter
-from exporter.metrics import Collector
+from exporter.metrics import KAFKA_CONSUMER_GROUP_LAG, TREE_DLQ_RECORDS_TOTAL, Part
 from exporter.refresh import Refresher
 from exporter.render import Format, Renderer, render
 from exporter.server import Endpoints, ExporterHTTPServer, Limits, accepts_gzip, prefers_openmetrics
-from exporter.snapshot import Sample, Snapshot, sample
+from exporter.snapshot import Sample, Snapshot
 from pipeline.config import parse_config
 
 # What Prometheus 2.x sends by default (scrape_protocols: OpenMetrics first, then the text format).
@@ -40,10 +40,10 @@ QUICK = Limits(max_connections=8, idle_seconds=30.0, request_seconds=1.0, respon
 
 
 def lag_snapshot(series: int, value: float = 1.0, group_name_bytes: int = 11) -> Snapshot:
-    samples = [Sample("kafka_consumer_group_lag",
+    samples = [Sample(KAFKA_CONSUMER_GROUP_LAG,
                       (f"group-{i // 10:05d}".ljust(group_name_bytes, "g"), f"topic-{i // 10:05d}", str(i % 10)),
                       value) for i in range(series)]
-    return Snapshot.build([(Collector.KAFKA_GROUPS, samples)], built_at=1.0, max_series=series)
+    return Snapshot.build([(Part.KAFKA_GROUPS, samples)], built_at=1.0, max_series=series)
 
 
 @pytest.fixture(scope="module")
@@ -191,8 +191,8 @@ def test_gzip_when_asked_decompresses_to_exactly_the_plain_body_and_is_compresse
 
 def test_openmetrics_when_prometheus_asks_for_it_parses_and_holds_what_the_text_holds():
     snapshot = Snapshot.build([
-        (Collector.DLQ, [Sample("tree_dlq_records_total", ("stamp", 'quote " and \\ and \n'), 4.0)]),
-        (Collector.KAFKA_GROUPS, [sample("kafka_consumer_group_lag", 12, group="g", topic="t", partition=0)]),
+        (Part.DLQ, [Sample(TREE_DLQ_RECORDS_TOTAL, ("stamp", 'quote " and \\ and \n'), 4.0)]),
+        (Part.KAFKA_GROUPS, [KAFKA_CONSUMER_GROUP_LAG.sample(12, group="g", topic="t", partition=0)]),
     ], built_at=1.0, max_series=10)
     with serving(snapshot) as server:
         text = request(server, headers={"Accept": "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"})
@@ -270,13 +270,13 @@ def test_the_refresh_side_renders_each_new_snapshot_before_any_scrape(monkeypatc
 
     class OneGroup:
         name = "one-group"
-        collectors = (Collector.KAFKA_GROUPS,)
+        collectors = (Part.KAFKA_GROUPS,)
         lag = 0
 
         def gather(self):
             self.lag += 1
-            return {Collector.KAFKA_GROUPS: [sample("kafka_consumer_group_lag", self.lag, group="g", topic="t",
-                                                    partition=0)]}
+            return {Part.KAFKA_GROUPS: [KAFKA_CONSUMER_GROUP_LAG.sample(self.lag, group="g", topic="t",
+                                                                   partition=0)]}
 
         def close(self) -> None:
             pass

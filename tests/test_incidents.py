@@ -33,12 +33,12 @@ from alerts import generate
 from alerts.config import CONFIG, MonitoringConfig, format_duration, parse_duration, runbook_anchor
 from devkafka import KafkaCluster, free_port, free_ports
 from devkafka.processes import running_process
+from localbundle.drill import Drill, DrillResult, IncidentRun
+from localbundle.incident_alerts import EXPECTED, channels, severities, unknown_alertnames
+from localbundle.stack import MonitoringStack, SlackMessage, monitoring_stack
 from pipeline.config import DEFAULT_SERVICES, DEFAULT_STAGES, Config, load_config
 from simulator.control import ControlClient
 from simulator.incidents import CATALOGUE, Incident, incident
-from treewatch.drill import Drill, DrillResult, IncidentRun
-from treewatch.incident_alerts import EXPECTED, channels, severities, unknown_alertnames
-from treewatch.stack import MonitoringStack, SlackMessage, monitoring_stack
 
 REPO = Path(__file__).resolve().parents[1]
 RUNBOOKS = REPO / "docs" / "runbooks.md"

@@ -23,9 +23,10 @@ from devkafka import KafkaCluster, free_port
 from exporter.app import build_exporter
 from exporter.dlq_tail import KNOWN_ERROR_TYPES, DlqTail
 from exporter.kafka_groups import GroupInfo, GroupsRead, OffsetChangeTracker, PartialFailureLog, group_samples
-from exporter.kafka_metadata import ClusterView
-from exporter.kafka_source import GatherInterrupted, KafkaSource, LastKnownWatermarks
-from exporter.metrics import GROUP_STATES, Collector
+from exporter.kafka_metadata import ClusterView, PartitionInfo
+from exporter.kafka_source import GatherInterrupted, KafkaSource
+from exporter.metrics import GROUP_STATES, KAFKA_BROKERS, METRICS, TREEWATCH_COLLECTOR_SUCCESS, Part
+from exporter.pipeline_counters import LastKnownWatermarks, pipeline_samples
 from exporter.refresh import Refresher
 from exporter.snapshot import Sample
 from pipeline.config import Config, parse_config
@@ -80,14 +81,14 @@ def produce(kafka: KafkaCluster, records: list[tuple[str, int, bytes, bytes, int
     assert not failures
 
 
-def values(results: dict, collector: Collector, metric: str) -> dict[tuple[str, ...], float]:
+def values(results: dict, collector: Part, metric: str) -> dict[tuple[str, ...], float]:
     gathered = results[collector]
     assert not isinstance(gathered, BaseException), f"{collector.value} failed: {gathered!r}"
-    return {s.labels: s.value for s in gathered if s.metric == metric}
+    return {s.labels: s.value for s in gathered if s.metric.name == metric}
 
 
 def group_values(results: dict, metric: str) -> dict[tuple[str, ...], float]:
-    return values(results, Collector.KAFKA_GROUPS, metric)
+    return values(results, Part.KAFKA_GROUPS, metric)
 
 
 def gather_until(source: KafkaSource, condition: Callable[[dict], bool], what: str,
@@ -165,13 +166,13 @@ def test_group_lag_offsets_ages_and_state_partition_by_partition(kafka, unique, 
     states = group_values(results, "kafka_consumer_group_state")
     assert states == {(group, state): (1 if state == "Stable" else 0) for state in GROUP_STATES}
     first_seen = clock.now
-    assert values(results, Collector.KAFKA_GROUPS,
+    assert values(results, Part.KAFKA_GROUPS,
                   "kafka_consumer_group_committed_offset_change_timestamp_seconds") == {
         (group, orders, "0"): first_seen, (group, orders, "1"): first_seen}
     # The topic series, from the same watermarks.
-    assert values(results, Collector.KAFKA_TOPICS, "kafka_topic_partition_current_offset") == {
+    assert values(results, Part.KAFKA_TOPICS, "kafka_topic_partition_current_offset") == {
         **{(orders, str(p)): n for p, n in high.items()}, (audit, "0"): 1, (audit, "1"): 1}
-    assert values(results, Collector.KAFKA_TOPICS, "kafka_topic_partitions") == {(orders,): 3, (audit,): 2}
+    assert values(results, Part.KAFKA_TOPICS, "kafka_topic_partitions") == {(orders,): 3, (audit,): 2}
 
     # The group moves partition 0 on; only that partition's change time moves with it.
     consumer.commit(offsets=[TopicPartition(orders, 0, 3)], asynchronous=False)
@@ -182,7 +183,7 @@ def test_group_lag_offsets_ages_and_state_partition_by_partition(kafka, unique, 
     assert group_values(results, "kafka_consumer_group_lag")[(group, orders, "0")] == 1
     assert group_values(results, "kafka_consumer_group_lag_seconds")[(group, orders, "0")] == \
         pytest.approx(clock.now - timestamps[0][3] / 1000)
-    assert values(results, Collector.KAFKA_GROUPS,
+    assert values(results, Part.KAFKA_GROUPS,
                   "kafka_consumer_group_committed_offset_change_timestamp_seconds") == {
         (group, orders, "0"): clock.now, (group, orders, "1"): first_seen}
 
@@ -236,37 +237,37 @@ def test_dlq_depth_age_error_types_and_pipeline_counters(kafka, unique, source_f
                         ("stamp", "unparseable"): 2, ("stamp", "UNKNOWN"): 1,
                         ("stamp", "INTELLIGENCE_SERVICE_ERROR"): 0}
     for gathered in (results, first):
-        assert values(gathered, Collector.PIPELINE, "tree_events_processed_total") == {
+        assert values(gathered, Part.PIPELINE, "tree_events_processed_total") == {
             ("stamp", "completed"): 4, ("stamp", "failed"): 2}
-        assert values(gathered, Collector.PIPELINE, "tree_events_requested_total") == {("stamp",): 7}
-        assert values(gathered, Collector.PIPELINE, "tree_events_in_flight") == {("stamp",): 1}
-        assert values(gathered, Collector.DLQ, "tree_dlq_retained_records") == {("stamp", stage.dlq_topic): 7}
+        assert values(gathered, Part.PIPELINE, "tree_events_requested_total") == {("stamp",): 7}
+        assert values(gathered, Part.PIPELINE, "tree_events_in_flight") == {("stamp",): 1}
+        assert values(gathered, Part.DLQ, "tree_dlq_retained_records") == {("stamp", stage.dlq_topic): 7}
         # the oldest retained dead letter: the one at the log start of partition 1
-        assert values(gathered, Collector.DLQ, "tree_dlq_oldest_record_timestamp_seconds") == {
+        assert values(gathered, Part.DLQ, "tree_dlq_oldest_record_timestamp_seconds") == {
             ("stamp", stage.dlq_topic): (BASE_MS + 2_000) / 1000}
-        assert values(gathered, Collector.DLQ, "tree_dlq_retained_records_by_error_type") == retained_by_type
+        assert values(gathered, Part.DLQ, "tree_dlq_retained_records_by_error_type") == retained_by_type
         # The counter counts what is written from now on: a restart does not count the DLQ again.
-        assert values(gathered, Collector.DLQ, "tree_dlq_records_total") == {
+        assert values(gathered, Part.DLQ, "tree_dlq_records_total") == {
             ("stamp", error_type): 0 for error_type in KNOWN_ERROR_TYPES}
     # The topic filter matches nothing, yet the pipeline's topics are always watched; others are not.
-    topics = {labels[0] for labels in values(results, Collector.KAFKA_TOPICS, "kafka_topic_partitions")}
+    topics = {labels[0] for labels in values(results, Part.KAFKA_TOPICS, "kafka_topic_partitions")}
     assert topics == {stage.request_topic, stage.completed_topic, stage.failed_topic, stage.dlq_topic}
     # Stages whose topics were never created give no series at all, not zeros.
-    processed = values(results, Collector.PIPELINE, "tree_events_processed_total")
+    processed = values(results, Part.PIPELINE, "tree_events_processed_total")
     assert {labels[0] for labels in processed} == {"stamp"}
 
     # New dead letters are counted once, by the counter and in what is retained: the tail remembers.
     produce(kafka, [(stage.dlq_topic, 0, None, letter("INTELLIGENCE_SERVICE_ERROR"), BASE_MS + 9_000),
                     (stage.dlq_topic, 1, None, b"", BASE_MS + 9_000)])
     later = source.gather()
-    assert values(later, Collector.DLQ, "tree_dlq_records_total") == {
+    assert values(later, Part.DLQ, "tree_dlq_records_total") == {
         ("stamp", "FILE_NOT_FOUND"): 0, ("stamp", "ENCODING_ERROR"): 0, ("stamp", "unparseable"): 1,
         ("stamp", "INTELLIGENCE_SERVICE_ERROR"): 1}
-    assert values(later, Collector.DLQ, "tree_dlq_retained_records_by_error_type") == {
+    assert values(later, Part.DLQ, "tree_dlq_retained_records_by_error_type") == {
         **retained_by_type, ("stamp", "unparseable"): 3, ("stamp", "INTELLIGENCE_SERVICE_ERROR"): 1}
-    assert values(later, Collector.DLQ, "tree_dlq_retained_records") == {("stamp", stage.dlq_topic): 9}
+    assert values(later, Part.DLQ, "tree_dlq_retained_records") == {("stamp", stage.dlq_topic): 9}
     again = source.gather()
-    assert values(again, Collector.DLQ, "tree_dlq_records_total") == values(later, Collector.DLQ,
+    assert values(again, Part.DLQ, "tree_dlq_records_total") == values(later, Part.DLQ,
                                                                             "tree_dlq_records_total")
 
     # Retention removes the three oldest records of partition 1 (ENCODING_ERROR, "{not json" and a
@@ -275,11 +276,11 @@ def test_dlq_depth_age_error_types_and_pipeline_counters(kafka, unique, source_f
     for future in admin.delete_records([TopicPartition(stage.dlq_topic, 1, 3)]).values():
         future.result(timeout=30)
     trimmed = source.gather()
-    assert values(trimmed, Collector.DLQ, "tree_dlq_retained_records_by_error_type") == {
+    assert values(trimmed, Part.DLQ, "tree_dlq_retained_records_by_error_type") == {
         ("stamp", "FILE_NOT_FOUND"): 2, ("stamp", "ENCODING_ERROR"): 0, ("stamp", "unparseable"): 2,
         ("stamp", "UNKNOWN"): 1, ("stamp", "INTELLIGENCE_SERVICE_ERROR"): 1}
-    assert values(trimmed, Collector.DLQ, "tree_dlq_retained_records") == {("stamp", stage.dlq_topic): 6}
-    assert values(trimmed, Collector.DLQ, "tree_dlq_records_total") == values(later, Collector.DLQ,
+    assert values(trimmed, Part.DLQ, "tree_dlq_retained_records") == {("stamp", stage.dlq_topic): 6}
+    assert values(trimmed, Part.DLQ, "tree_dlq_records_total") == values(later, Part.DLQ,
                                                                               "tree_dlq_records_total")
     # The tail reads with assign() only: it never joined, created or committed a consumer group.
     listed = kafka.admin().list_consumer_groups(request_timeout=10).result(timeout=15)
@@ -298,7 +299,7 @@ def test_the_dlq_tail_reads_a_bounded_number_of_records_per_refresh(kafka, uniqu
 
     def advance() -> tuple[float | None, float]:
         tail.advance([key], fetch_watermarks(admin, [key], 10))
-        by_type = {(metric, labels): value for metric, labels, value in tail.samples()}
+        by_type = {(metric.name, labels): value for metric, labels, value in tail.samples()}
         return (by_type.get(("tree_dlq_retained_records_by_error_type", ("index", "FILE_NOT_FOUND"))),
                 by_type[("tree_dlq_records_total", ("index", "FILE_NOT_FOUND"))])
 
@@ -331,7 +332,7 @@ def test_records_deleted_below_the_committed_offset_keep_lag_true(kafka, unique,
     for future in admin.delete_records([TopicPartition(topic, 0, 6)]).values():
         future.result(timeout=30)
     after = source.gather()
-    assert values(after, Collector.KAFKA_TOPICS, "kafka_topic_partition_oldest_offset") == {(topic, "0"): 6}
+    assert values(after, Part.KAFKA_TOPICS, "kafka_topic_partition_oldest_offset") == {(topic, "0"): 6}
     # Only records 6..9 are left to consume: lag counts from the log start, not from offset 3.
     assert group_values(after, "kafka_consumer_group_lag") == {(group, topic, "0"): 4}
     assert group_values(after, "kafka_consumer_group_committed_offset") == {(group, topic, "0"): 3}
@@ -384,23 +385,21 @@ def test_unreachable_kafka_fails_every_kafka_collector_without_hanging(unique):
         snapshot = refresher.run_once()
     finally:
         refresher.stop()
-    assert snapshot.values("treewatch_collector_success") == {(c,): 0 for c in KAFKA_COLLECTORS}
-    assert not snapshot.values("kafka_brokers")
+    assert snapshot.values(TREEWATCH_COLLECTOR_SUCCESS) == {(c,): 0 for c in KAFKA_COLLECTORS}
+    assert not snapshot.values(KAFKA_BROKERS)
     status = refresher.collector_status()
     assert all(status[c]["error"] for c in KAFKA_COLLECTORS)
 
 
 def test_samples_name_only_defined_metrics_with_their_labels(kafka, unique, source_factory):
-    from exporter.metrics import BY_NAME
-
     results = source_factory(make_config(kafka, unique)).gather()
     for collector, gathered in results.items():
         assert not isinstance(gathered, BaseException), collector
         for item in gathered:
             assert isinstance(item, Sample)
-            definition = BY_NAME[item.metric]
-            assert definition.collector is collector, item
-            assert len(item.labels) == len(definition.labels), item
+            assert item.metric in METRICS, item
+            assert item.metric.collector is collector, item
+            assert len(item.labels) == len(item.metric.labels), item
 
 
 def test_offset_change_times_survive_a_refresh_that_missed_the_group():
@@ -444,14 +443,14 @@ def test_a_transactional_topic_consumed_to_its_end_has_no_lag(kafka, unique, sou
     caplog.set_level(logging.WARNING, logger="treewatch")
     for _ in range(2):  # the second answer comes from the cache of "only markers from here"
         results = source.gather()
-        high = values(results, Collector.KAFKA_TOPICS, "kafka_topic_partition_current_offset")
+        high = values(results, Part.KAFKA_TOPICS, "kafka_topic_partition_current_offset")
         assert high == {(topic, "0"): len(stamps) + 1}, "the commit marker takes an offset"
         assert group_values(results, "kafka_consumer_group_lag") == {
             (done, topic, "0"): 0, (behind, topic, "0"): len(stamps) + 1 - 1}
         assert group_values(results, "kafka_consumer_group_lag_seconds") == {
             (done, topic, "0"): 0, (behind, topic, "0"): pytest.approx(clock.now - stamps[1] / 1000)}
         # The counters count offsets: the marker included, as their help says.
-        assert values(results, Collector.PIPELINE, "tree_events_requested_total") == {
+        assert values(results, Part.PIPELINE, "tree_events_requested_total") == {
             ("discover",): len(stamps) + 1}
     assert not [r for r in caplog.records if "no record timestamp" in r.getMessage()]
 
@@ -480,25 +479,26 @@ def test_a_stage_with_an_unknown_partition_leaves_its_sums_out(kafka, unique, so
     produce(kafka, [(stage.completed_topic, 0, b"k", b"{}", BASE_MS)])
     source = source_factory(config)
     results = source.gather()
-    assert values(results, Collector.PIPELINE, "tree_events_requested_total") == {("index",): 3}
-    assert values(results, Collector.PIPELINE, "tree_events_in_flight") == {("index",): 2}
+    assert values(results, Part.PIPELINE, "tree_events_requested_total") == {("index",): 3}
+    assert values(results, Part.PIPELINE, "tree_events_in_flight") == {("index",): 2}
     # The same view of the cluster, with partition 1 of the request topic and the whole completed
     # topic never read: the sums needing them are left out, the one that does not is still given.
     view = ClusterView.from_metadata(kafka.admin().list_topics(timeout=10))
     partial = Watermarks({(stage.request_topic, 0): 1, (stage.failed_topic, 0): 0},
                          {(stage.request_topic, 0): 0, (stage.failed_topic, 0): 0}, {})
-    samples = source._pipeline_samples(view, partial)
-    counted = {(s.metric, s.labels): s.value for s in samples if s.metric != "tree_pipeline_stage_info"}
+    samples = pipeline_samples(config.stages, view, partial)
+    counted = {(s.metric.name, s.labels): s.value for s in samples if s.metric.name != "tree_pipeline_stage_info"}
     assert counted == {("tree_events_processed_total", ("index", "failed")): 0}
 
 
 def test_a_group_whose_offsets_could_not_be_read_keeps_its_state_and_the_failure_shows(caplog):
     unread = GroupInfo("g", "Stable", 2, frozenset({"t"}), {}, committed_read=False)
     read = GroupsRead([unread], {"list": [], "committed_offsets": [TimeoutError("coordinator slow")]})
-    samples = group_samples(read, [], {"t": 3}, {}, {}, frozenset(), now=0.0)
+    view = ClusterView(frozenset({1}), 1, {"t": dict.fromkeys(range(3), PartitionInfo(1, (1,), (1,)))})
+    samples = group_samples(read, view, {}, [])
     by_metric: dict[str, dict[tuple[str, ...], float]] = {}
     for item in samples:
-        by_metric.setdefault(item.metric, {})[item.labels] = item.value
+        by_metric.setdefault(item.metric.name, {})[item.labels] = item.value
     assert by_metric.pop("kafka_consumer_group_state") == {("g", s): float(s == "Stable") for s in GROUP_STATES}
     assert by_metric.pop("kafka_consumer_group_members") == {("g",): 2}
     assert by_metric.pop("kafka_consumer_group_read_errors") == {(): 1}
@@ -537,7 +537,7 @@ def test_calls_to_an_unreachable_cluster_end_at_the_gather_deadline(unique):
 
 def test_an_interrupted_gather_ends_at_its_next_step(kafka, unique, source_factory):
     source = source_factory(make_config(kafka, unique))
-    assert not isinstance(source.gather()[Collector.KAFKA_CLUSTER], BaseException)
+    assert not isinstance(source.gather()[Part.KAFKA_CLUSTER], BaseException)
     source.interrupt()
     with pytest.raises(GatherInterrupted):
         source.gather()

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from devkafka import KafkaCluster
 from exporter.dlq_tail import KNOWN_ERROR_TYPES, MAX_ERROR_TYPES_PER_STAGE, OTHER_ERROR_TYPE, DlqTail
 from exporter.kafka_source import KafkaSource
-from exporter.metrics import Collector
+from exporter.metrics import TREE_DLQ_RETAINED_RECORDS, Part
 from exporter.refresh import Refresher
 from exporter.render import render
 from pipeline.config import Config, parse_config
@@ -149,9 +149,9 @@ def replayed_ids(config: Config) -> list[str]:
 
 def dlq_values(results: dict, metric: str) -> dict[str, float]:
     """error_type → value of the stamp stage's series of a DLQ metric (the DLQ collector must not fail)."""
-    gathered = results[Collector.DLQ]
+    gathered = results[Part.DLQ]
     assert not isinstance(gathered, BaseException), f"the DLQ collector failed: {gathered!r}"
-    return {s.labels[1]: s.value for s in gathered if s.metric == metric and s.labels[0] == "stamp"}
+    return {s.labels[1]: s.value for s in gathered if s.metric.name == metric and s.labels[0] == "stamp"}
 
 
 def gather_until(source: KafkaSource, condition: Callable[[dict], bool], what: str) -> dict:
@@ -209,7 +209,7 @@ def test_poison_dead_letters_count_as_unparseable_and_the_dlq_series_stay(kafka:
         written = 1 + 2 + len(poisons) + 1
         results = gather_until(source, lambda r: sum(dlq_values(r, "tree_dlq_retained_records_by_error_type")
                                                      .values()) == written, "every dead letter to be read")
-        assert {s.labels: s.value for s in results[Collector.DLQ] if s.metric == "tree_dlq_retained_records"} == {
+        assert {s.labels: s.value for s in results[Part.DLQ] if s.metric is TREE_DLQ_RETAINED_RECORDS} == {
             ("stamp", dlq): written}
         assert dlq_values(results, "tree_dlq_retained_records_by_error_type") == {
             "FILE_NOT_FOUND": 1, "ENCODING_ERROR": 2, UNPARSEABLE: len(poisons), UNKNOWN_ERROR_TYPE: 1,
@@ -294,7 +294,7 @@ def test_the_dlq_tail_reads_a_bounded_number_of_bytes_per_refresh(kafka: KafkaCl
 
     def retained() -> float | None:
         tail.advance([key], fetch_watermarks(admin, [key], 10))
-        return {(metric, labels): value for metric, labels, value in tail.samples()}.get(
+        return {(metric.name, labels): value for metric, labels, value in tail.samples()}.get(
             ("tree_dlq_retained_records_by_error_type", ("index", "FILE_NOT_FOUND")))
 
     try:

@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from devkafka import KafkaCluster, free_port
 from exporter.app import build_exporter
-from exporter.metrics import Collector
+from exporter.metrics import Part
 from pipeline.config import Config, parse_config
 from pipeline.kafka import LibrdkafkaLog
 
@@ -37,8 +37,8 @@ REQUEST_TIMEOUT = 2.0
 GRACE = 8.0
 # A scrape must answer within this, whatever Kafka does: the exporter never asks Kafka while serving.
 SCRAPE_TIMEOUT = 2.0
-KAFKA_COLLECTORS = [c.value for c in (Collector.KAFKA_CLUSTER, Collector.KAFKA_TOPICS, Collector.KAFKA_GROUPS,
-                                      Collector.PIPELINE, Collector.DLQ)]
+KAFKA_COLLECTORS = [c.value for c in (Part.KAFKA_CLUSTER, Part.KAFKA_TOPICS, Part.KAFKA_GROUPS,
+                                      Part.PIPELINE, Part.DLQ)]
 REPO = Path(__file__).resolve().parent.parent
 
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]

@@ -28,10 +28,11 @@ from cryptography.x509.oid import NameOID
 from devkafka import KafkaCluster, Listener, free_port
 from exporter.app import build_exporter
 from exporter.kafka_source import KafkaSource
-from exporter.metrics import Collector
+from exporter.metrics import KAFKA_BROKERS, TREEWATCH_COLLECTOR_SUCCESS, Part
 from exporter.refresh import Refresher
+from exporter.settings import WebSettings
 from exporter.web import authorizer, tls_context
-from pipeline.config import ConfigError, WebSettings, load_config, parse_config
+from pipeline.config import ConfigError, load_config, parse_config
 
 KAFKA_USER, KAFKA_PASSWORD = "alice", "alice-secret-7f3a"
 WRONG_PASSWORD = "not-alices-password-91c2"
@@ -199,9 +200,9 @@ def test_wrong_kafka_password_fails_clearly(secure_kafka: KafkaCluster,
         snapshot = refresher.run_once()
     finally:
         refresher.stop()
-    assert snapshot.values("treewatch_collector_success")[(Collector.KAFKA_CLUSTER.value,)] == 0
-    assert not snapshot.values("kafka_brokers")
-    error = refresher.collector_status()[Collector.KAFKA_CLUSTER.value]["error"]
+    assert snapshot.values(TREEWATCH_COLLECTOR_SUCCESS)[(Part.KAFKA_CLUSTER.value,)] == 0
+    assert not snapshot.values(KAFKA_BROKERS)
+    error = refresher.collector_status()[Part.KAFKA_CLUSTER.value]["error"]
     assert error is not None and "authentication" in error.lower(), error
     _assert_no_secret(error, "the collector error")
     # librdkafka retried the login several times; the log says so once, not once per retry.
@@ -229,11 +230,11 @@ def live_brokers(config) -> float:
     """kafka_brokers from one gather of a KafkaSource over ``config``; fails with the collector's error."""
     source = KafkaSource(config)
     try:
-        cluster = source.gather()[Collector.KAFKA_CLUSTER]
+        cluster = source.gather()[Part.KAFKA_CLUSTER]
     finally:
         source.close()
     assert not isinstance(cluster, BaseException), cluster
-    return {s.metric: s.value for s in cluster}["kafka_brokers"]
+    return {s.metric: s.value for s in cluster}[KAFKA_BROKERS]
 
 
 def test_kafka_over_tls(secure_kafka: KafkaCluster, certs: Certs) -> None:

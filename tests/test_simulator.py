@@ -5,6 +5,7 @@ answer. Every test module run gets its own topics (its own env prefix) and group
 from __future__ import annotations
 
 import json
+import random
 import signal
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from confluent_kafka import OFFSET_BEGINNING, ConsumerGroupTopicPartitions, Kafk
 
 from devkafka import free_port
 from pipeline.config import DEFAULT_SERVICES, DEFAULT_STAGES, Config, KafkaSettings, load_config, parse_config
-from pipeline.events import decode_json_object
+from pipeline.events import decode_json_object, discovery_request
 from pipeline.kafka import admin_client, read_records, reader
 from simulator import (
     ERROR_TYPES,
@@ -30,11 +31,12 @@ from simulator import (
     HealthEndpoints,
     Project,
     Simulator,
+    SimulatorError,
     SimulatorSettings,
     StageBehaviour,
 )
 from simulator.incidents import IncidentUnavailable, SimulatorOnly, incident
-from simulator.stages import FILE_COUNT_FIELD, Index
+from simulator.stages import FILE_COUNT_FIELD, Index, pipeline_logics
 from simulator.worker import StageWorker, WorkerStuck
 
 
@@ -395,12 +397,49 @@ def test_the_incident_catalogue_checks_names_and_parameters() -> None:
         incident("stage-slow", service="bridge")
     with pytest.raises(ValueError, match="unknown error type 'TYPO'"):
         incident("dlq-burst", error_type="TYPO")
-    with pytest.raises(ValueError, match="no simulated stage 'enrich'"):
-        incident("stage-stalled", stage="enrich")
+    with pytest.raises(ValueError, match="stage must be a stage's name, got ''"):
+        incident("stage-stalled", stage="")
     with pytest.raises(ValueError, match=r"share must be in \(0, 1\]"):
         incident("failure-rate", share=1.5)
     with pytest.raises(IncidentUnavailable, match="runs no exporter"):
         incident("exporter-down").start(SimulatorOnly(simulator=None))  # type: ignore[arg-type]
+
+
+def test_a_stage_the_configuration_does_not_have_is_refused_with_the_ones_it_has(simulator: Simulator) -> None:
+    # Which stages exist is the configuration's: a stage incident is checked when it starts.
+    with pytest.raises(KeyError, match="no simulated stage 'enrich'; expected one of discover, stamp, index"):
+        incident("stage-stalled", stage="enrich").start(SimulatorOnly(simulator))
+    with pytest.raises(SimulatorError, match="no stage named 'enrich' to simulate; the configuration has "
+                                             "discover, stamp, index"):
+        Simulator(simulator.config, SimulatorSettings(behaviours={"enrich": StageBehaviour()}))
+
+
+def test_each_stage_hands_its_files_to_the_next_one_the_configuration_names() -> None:
+    data = unique_config_data("127.0.0.1:9")
+    data["stages"]["enrich"] = {role: f"{{env}}.enrich.{role}" for role in ("request_topic", "completed_topic",
+                                                                          "failed_topic", "dlq_topic")}
+    data["stages"]["enrich"]["group"] = "enrich-group"
+    config = parse_config(data, source="test_simulator", environ={})
+    logics = pipeline_logics(config.stages, default_files=2)
+    assert list(logics) == ["discover", "stamp", "index", "enrich"]
+    project = Project.synthetic(2)
+    request = json.dumps(discovery_request(project.project_path, project.project_name, project.correlation_id))
+    rng = random.Random(1)
+    discovered = logics["discover"].process(request.encode(), StageBehaviour(), rng).records
+    stamp_requests = [r for r in discovered if r.topic == config.stage("stamp").request_topic]
+    assert [r.key for r in stamp_requests] == project.file_paths
+    stamped = logics["stamp"].process(json.dumps(stamp_requests[0].value).encode(), StageBehaviour(), rng).records
+    (index_request,) = [r for r in stamped if r.topic == config.stage("index").request_topic]
+    indexed = logics["index"].process(json.dumps(index_request.value).encode(), StageBehaviour(), rng).records
+    # index is no longer the last stage: its completion is enrich's request, with what index added.
+    (enrich_request,) = [r for r in indexed if r.topic == config.stage("enrich").request_topic]
+    assert enrich_request.value["event_type"] == "enrich.requested"
+    assert enrich_request.value["payload"]["indexed_in"] == ["qdrant", "memgraph"]
+    enriched = logics["enrich"].process(json.dumps(enrich_request.value).encode(), StageBehaviour(), rng).records
+    # The last stage writes its completed event and nothing else.
+    assert [(r.topic, r.value["event_type"]) for r in enriched] == \
+        [(config.stage("enrich").completed_topic, "enrich.completed")]
+    assert enriched[0].value["payload"]["file_path"] == project.file_paths[0]
 
 
 def test_stopping_leaves_no_thread_behind(kafka) -> None:

@@ -12,10 +12,26 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import exporter.render
-from exporter.metrics import METRICS, Collector
+from exporter.metrics import (
+    KAFKA_BROKERS,
+    KAFKA_CONSUMER_GROUP_LAG,
+    KAFKA_CONSUMER_GROUP_MEMBERS,
+    KAFKA_CONSUMER_GROUP_STATE,
+    KAFKA_TOPIC_PARTITION_CURRENT_OFFSET,
+    METRICS,
+    TREE_DLQ_RECORDS_TOTAL,
+    TREE_SERVICE_STATUS,
+    TREEWATCH_BUILD_INFO,
+    TREEWATCH_COLLECTOR_ERRORS_TOTAL,
+    TREEWATCH_COLLECTOR_LAST_SUCCESS_TIMESTAMP_SECONDS,
+    TREEWATCH_COLLECTOR_SUCCESS,
+    TREEWATCH_SERIES_DROPPED,
+    Part,
+    Sample,
+)
 from exporter.refresh import Refresher
 from exporter.render import Renderer, render
-from exporter.snapshot import Sample, Snapshot, sample
+from exporter.snapshot import Snapshot
 
 BUILD_INFO = {"version": "test", "python_version": "3", "librdkafka_version": "2"}
 GRACE = 120.0
@@ -25,14 +41,14 @@ class ScriptedSource:
     """Answers each gather() with the next scripted result; an exception is raised as such."""
 
     name = "scripted"
-    collectors = (Collector.KAFKA_TOPICS, Collector.DLQ)
+    collectors = (Part.KAFKA_TOPICS, Part.DLQ)
 
-    def __init__(self, *script: Mapping[Collector, Sequence[Sample] | BaseException] | BaseException) -> None:
+    def __init__(self, *script: Mapping[Part, Sequence[Sample] | BaseException] | BaseException) -> None:
         self.script = deque(script)
         self.closed = False
         self.calls = 0
 
-    def gather(self) -> Mapping[Collector, Sequence[Sample] | BaseException]:
+    def gather(self) -> Mapping[Part, Sequence[Sample] | BaseException]:
         self.calls += 1
         step = self.script[0] if len(self.script) == 1 else self.script.popleft()
         if isinstance(step, BaseException):
@@ -52,12 +68,12 @@ class Clock:
 
 
 def offsets(*values: int) -> list[Sample]:
-    return [sample("kafka_topic_partition_current_offset", value, topic="t", partition=index)
+    return [KAFKA_TOPIC_PARTITION_CURRENT_OFFSET.sample(value, topic="t", partition=index)
             for index, value in enumerate(values)]
 
 
 def dlq(count: int) -> list[Sample]:
-    return [sample("tree_dlq_records_total", count, stage="stamp", error_type="FILE_NOT_FOUND")]
+    return [TREE_DLQ_RECORDS_TOTAL.sample(count, stage="stamp", error_type="FILE_NOT_FOUND")]
 
 
 def refresher(source: ScriptedSource, clock: Clock, max_series: int = 1000) -> Refresher:
@@ -68,77 +84,77 @@ def refresher(source: ScriptedSource, clock: Clock, max_series: int = 1000) -> R
 def test_a_failing_collector_serves_its_last_values_for_the_grace_period_then_disappears():
     clock = Clock()
     outage = ConnectionError("broker down")
-    source = ScriptedSource({Collector.KAFKA_TOPICS: offsets(5, 7), Collector.DLQ: dlq(2)},
-                            {Collector.KAFKA_TOPICS: outage, Collector.DLQ: dlq(3)})
+    source = ScriptedSource({Part.KAFKA_TOPICS: offsets(5, 7), Part.DLQ: dlq(2)},
+                            {Part.KAFKA_TOPICS: outage, Part.DLQ: dlq(3)})
     loop = refresher(source, clock)
     first = loop.run_once()
-    assert first.values("kafka_topic_partition_current_offset") == {("t", "0"): 5, ("t", "1"): 7}
+    assert first.values(KAFKA_TOPIC_PARTITION_CURRENT_OFFSET) == {("t", "0"): 5, ("t", "1"): 7}
     succeeded_at = clock.now
 
     clock.now += GRACE / 2
     during = loop.run_once()
     # The failed collector keeps its last values and says it failed; the other one moved on.
-    assert during.values("kafka_topic_partition_current_offset") == {("t", "0"): 5, ("t", "1"): 7}
-    assert during.values("treewatch_collector_success") == {("kafka_topics",): 0, ("dlq",): 1}
+    assert during.values(KAFKA_TOPIC_PARTITION_CURRENT_OFFSET) == {("t", "0"): 5, ("t", "1"): 7}
+    assert during.values(TREEWATCH_COLLECTOR_SUCCESS) == {("kafka_topics",): 0, ("dlq",): 1}
     # the end of the last good run: its start on the test's clock plus its (real, tiny) duration
-    last_success = during.values("treewatch_collector_last_success_timestamp_seconds")
+    last_success = during.values(TREEWATCH_COLLECTOR_LAST_SUCCESS_TIMESTAMP_SECONDS)
     assert last_success[("kafka_topics",)] == pytest.approx(succeeded_at, abs=1.0)
-    assert during.values("treewatch_collector_errors_total") == {("kafka_topics",): 1, ("dlq",): 0}
-    assert during.values("tree_dlq_records_total") == {("stamp", "FILE_NOT_FOUND"): 3}
+    assert during.values(TREEWATCH_COLLECTOR_ERRORS_TOTAL) == {("kafka_topics",): 1, ("dlq",): 0}
+    assert during.values(TREE_DLQ_RECORDS_TOTAL) == {("stamp", "FILE_NOT_FOUND"): 3}
     assert "ConnectionError: broker down" in loop.collector_status()["kafka_topics"]["error"]
 
     clock.now += GRACE
     after = loop.run_once()
-    assert after.values("kafka_topic_partition_current_offset") == {}
-    assert after.values("treewatch_collector_errors_total")[("kafka_topics",)] == 2
-    assert after.values("tree_dlq_records_total") == {("stamp", "FILE_NOT_FOUND"): 3}
+    assert after.values(KAFKA_TOPIC_PARTITION_CURRENT_OFFSET) == {}
+    assert after.values(TREEWATCH_COLLECTOR_ERRORS_TOTAL)[("kafka_topics",)] == 2
+    assert after.values(TREE_DLQ_RECORDS_TOTAL) == {("stamp", "FILE_NOT_FOUND"): 3}
 
 
 def test_a_source_that_raises_fails_every_one_of_its_collectors():
     clock = Clock()
     loop = refresher(ScriptedSource(TimeoutError("metadata timed out")), clock)
     snapshot = loop.run_once()
-    assert snapshot.values("treewatch_collector_success") == {("kafka_topics",): 0, ("dlq",): 0}
-    assert not snapshot.values("treewatch_collector_last_success_timestamp_seconds")
+    assert snapshot.values(TREEWATCH_COLLECTOR_SUCCESS) == {("kafka_topics",): 0, ("dlq",): 0}
+    assert not snapshot.values(TREEWATCH_COLLECTOR_LAST_SUCCESS_TIMESTAMP_SECONDS)
     assert loop.ready
 
 
 def test_the_series_cap_drops_what_exceeds_it_and_counts_it_per_collector():
     clock = Clock()
-    two_topics = offsets(1, 2) + [sample("kafka_topic_partition_current_offset", 3, topic="u", partition=0)]
-    source = ScriptedSource({Collector.KAFKA_TOPICS: two_topics, Collector.DLQ: dlq(9)})
+    two_topics = offsets(1, 2) + [KAFKA_TOPIC_PARTITION_CURRENT_OFFSET.sample(3, topic="u", partition=0)]
+    source = ScriptedSource({Part.KAFKA_TOPICS: two_topics, Part.DLQ: dlq(9)})
     snapshot = refresher(source, clock, max_series=2).run_once()
     # The DLQ goes before the topics; topic t (two partitions) no longer fits whole, u still does.
-    assert snapshot.values("tree_dlq_records_total") == {("stamp", "FILE_NOT_FOUND"): 9}
-    assert snapshot.values("kafka_topic_partition_current_offset") == {("u", "0"): 3}
-    assert snapshot.values("treewatch_series_dropped") == {("kafka_topics",): 2, ("dlq",): 0}
+    assert snapshot.values(TREE_DLQ_RECORDS_TOTAL) == {("stamp", "FILE_NOT_FOUND"): 9}
+    assert snapshot.values(KAFKA_TOPIC_PARTITION_CURRENT_OFFSET) == {("u", "0"): 3}
+    assert snapshot.values(TREEWATCH_SERIES_DROPPED) == {("kafka_topics",): 2, ("dlq",): 0}
     # The exporter's own series are outside the cap: they are how the cap is noticed.
-    assert snapshot.values("treewatch_build_info") == {tuple(BUILD_INFO.values()): 1}
-    assert snapshot.values("treewatch_collector_success") == {("kafka_topics",): 1, ("dlq",): 1}
+    assert snapshot.values(TREEWATCH_BUILD_INFO) == {tuple(BUILD_INFO.values()): 1}
+    assert snapshot.values(TREEWATCH_COLLECTOR_SUCCESS) == {("kafka_topics",): 1, ("dlq",): 1}
 
 
 def group_series(group: str, partitions: int) -> list[Sample]:
-    series = [sample("kafka_consumer_group_state", 1, group=group, state="Stable"),
-              sample("kafka_consumer_group_members", 1, group=group)]
-    return series + [sample("kafka_consumer_group_lag", 0, group=group, topic="t", partition=p)
+    series = [KAFKA_CONSUMER_GROUP_STATE.sample(1, group=group, state="Stable"),
+              KAFKA_CONSUMER_GROUP_MEMBERS.sample(1, group=group)]
+    return series + [KAFKA_CONSUMER_GROUP_LAG.sample(0, group=group, topic="t", partition=p)
                      for p in range(partitions)]
 
 
 def test_the_cap_serves_small_collectors_first_and_keeps_or_drops_a_group_whole():
-    services = [sample("tree_service_status", 1, service=name, status="healthy")
+    services = [TREE_SERVICE_STATUS.sample(1, service=name, status="healthy")
                 for name in ("intelligence", "bridge")]
     # Lag series come after every group's state, as the Kafka source writes them.
     groups = group_series("a", 2)[:2] + group_series("b", 3)[:2] + group_series("a", 2)[2:] + group_series("b", 3)[2:]
-    cluster = [sample("kafka_brokers", 3)]
+    cluster = [KAFKA_BROKERS.sample(3)]
     # The groups come first here, the services last: the order given must not matter.
-    given = [(Collector.KAFKA_GROUPS, groups), (Collector.KAFKA_CLUSTER, cluster), (Collector.SERVICES, services)]
+    given = [(Part.KAFKA_GROUPS, groups), (Part.KAFKA_CLUSTER, cluster), (Part.SERVICES, services)]
     # Room for the services, the cluster, group a (4 series) and only half of group b (5 series).
     snapshot = Snapshot.build(given, built_at=1.0, max_series=3 + 4 + 2)
-    assert snapshot.values("tree_service_status") == {("intelligence", "healthy"): 1, ("bridge", "healthy"): 1}
-    assert snapshot.values("kafka_brokers") == {(): 3}
-    assert snapshot.values("kafka_consumer_group_members") == {("a",): 1}
-    assert snapshot.values("kafka_consumer_group_lag") == {("a", "t", "0"): 0, ("a", "t", "1"): 0}
-    assert dict(snapshot.dropped) == {Collector.KAFKA_GROUPS: 5}
+    assert snapshot.values(TREE_SERVICE_STATUS) == {("intelligence", "healthy"): 1, ("bridge", "healthy"): 1}
+    assert snapshot.values(KAFKA_BROKERS) == {(): 3}
+    assert snapshot.values(KAFKA_CONSUMER_GROUP_MEMBERS) == {("a",): 1}
+    assert snapshot.values(KAFKA_CONSUMER_GROUP_LAG) == {("a", "t", "0"): 0, ("a", "t", "1"): 0}
+    assert dict(snapshot.dropped) == {Part.KAFKA_GROUPS: 5}
     assert len(snapshot) == 9 - 2
 
 
@@ -150,13 +166,13 @@ def test_a_scrape_renders_each_snapshot_once(monkeypatch):
         return render(snapshot)
 
     monkeypatch.setattr(exporter.render, "render", counting_render)
-    current = Snapshot.build([(Collector.DLQ, dlq(1))], built_at=1.0, max_series=10)
+    current = Snapshot.build([(Part.DLQ, dlq(1))], built_at=1.0, max_series=10)
     renderer = Renderer(lambda: current)
     first, second = renderer.metrics_text(), renderer.metrics_text()
     assert len(renders) == 1
     assert b'tree_dlq_records_total{error_type="FILE_NOT_FOUND",stage="stamp"} 1.0' in first
     assert b"tree_dlq_records_total" in second
-    current = Snapshot.build([(Collector.DLQ, dlq(2))], built_at=2.0, max_series=10)
+    current = Snapshot.build([(Part.DLQ, dlq(2))], built_at=2.0, max_series=10)
     assert b'stage="stamp"} 2.0' in renderer.metrics_text()
     assert len(renders) == 2
 
@@ -164,8 +180,8 @@ def test_a_scrape_renders_each_snapshot_once(monkeypatch):
 def test_rendered_text_follows_the_metric_contract():
     awkward = 'quote " backslash \\ newline \n end'
     snapshot = Snapshot.build([
-        (Collector.DLQ, [Sample("tree_dlq_records_total", ("stamp", awkward), 4.0)]),
-        (Collector.KAFKA_GROUPS, [sample("kafka_consumer_group_lag", 12, group="g", topic="t", partition=0)]),
+        (Part.DLQ, [TREE_DLQ_RECORDS_TOTAL.at(("stamp", awkward), 4)]),
+        (Part.KAFKA_GROUPS, [KAFKA_CONSUMER_GROUP_LAG.sample(12, group="g", topic="t", partition=0)]),
     ], built_at=1.0, max_series=10)
     families = {family.name: family for family in text_string_to_metric_families(render(snapshot).decode())}
     definitions = {definition.family_name: definition for definition in METRICS}
@@ -180,9 +196,11 @@ def test_rendered_text_follows_the_metric_contract():
 
 def test_sample_refuses_labels_the_contract_does_not_define():
     with pytest.raises(ValueError, match="kafka_consumer_group_lag takes labels"):
-        sample("kafka_consumer_group_lag", 1, group="g", topic="t")
-    with pytest.raises(KeyError):
-        sample("kafka_consumer_lag_typo", 1)
+        KAFKA_CONSUMER_GROUP_LAG.sample(1, group="g", topic="t")
+    with pytest.raises(ValueError, match="kafka_consumer_group_lag takes labels"):
+        KAFKA_CONSUMER_GROUP_LAG.sample(1, group="g", topic="t", partition=0, stage="stamp")
+    with pytest.raises(ValueError, match="kafka_consumer_group_lag takes labels"):
+        KAFKA_CONSUMER_GROUP_LAG.at(("g", "t"), 1)
 
 
 def test_the_background_loop_becomes_ready_and_stops_closing_its_sources():
@@ -195,14 +213,14 @@ def test_the_background_loop_becomes_ready_and_stops_closing_its_sources():
             gathered.set()
             return result
 
-    source = SignallingSource({Collector.KAFKA_TOPICS: offsets(1), Collector.DLQ: dlq(0)})
+    source = SignallingSource({Part.KAFKA_TOPICS: offsets(1), Part.DLQ: dlq(0)})
     loop = refresher(source, clock)
     assert not loop.ready
     loop.start()
     try:
         assert loop.wait_ready(timeout=10)
         assert gathered.is_set()
-        assert loop.current.values("kafka_topic_partition_current_offset") == {("t", "0"): 1}
+        assert loop.current.values(KAFKA_TOPIC_PARTITION_CURRENT_OFFSET) == {("t", "0"): 1}
     finally:
         loop.stop(timeout=10)
     assert source.closed
@@ -226,7 +244,7 @@ def test_stop_interrupts_a_running_gather_and_never_closes_a_source_still_in_use
             self.interrupted = True
             release.set()
 
-    source = SlowSource({Collector.KAFKA_TOPICS: offsets(1), Collector.DLQ: dlq(0)})
+    source = SlowSource({Part.KAFKA_TOPICS: offsets(1), Part.DLQ: dlq(0)})
     loop = refresher(source, Clock())
     loop.start()
     assert entered.wait(10)
@@ -243,7 +261,7 @@ def test_stop_interrupts_a_running_gather_and_never_closes_a_source_still_in_use
             return super().gather()
 
     entered.clear()
-    stuck = StuckSource({Collector.KAFKA_TOPICS: offsets(1), Collector.DLQ: dlq(0)})
+    stuck = StuckSource({Part.KAFKA_TOPICS: offsets(1), Part.DLQ: dlq(0)})
     loop = refresher(stuck, Clock())
     loop.start()
     try:
@@ -272,7 +290,7 @@ def test_after_a_failed_run_the_loop_rests_a_whole_interval():
             ended.append(time.monotonic())
             raise TimeoutError("no answer")
 
-    source = SlowFailingSource({Collector.KAFKA_TOPICS: offsets(1), Collector.DLQ: dlq(0)})
+    source = SlowFailingSource({Part.KAFKA_TOPICS: offsets(1), Part.DLQ: dlq(0)})
     loop = Refresher([source], interval_seconds=interval, stale_grace_seconds=GRACE, max_series=100,
                      build_info=BUILD_INFO, clock=Clock())
     loop.start()

@@ -571,5 +571,5 @@ def test_bench_completes_through_a_crashed_leader_and_its_restart(kafka_cluster3
     document = json.loads(out)
     assert document["completed"] is True
     progress = document["progress"]
-    assert (progress["discovered"], progress["stamped"], progress["indexed"], progress["failed_files"]) == \
-        (10, 10, 10, 0)
+    assert (progress["discovered"], progress["completed"], progress["failed_files"]) == \
+        (10, {"stamp": 10, "index": 10}, 0)

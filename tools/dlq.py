@@ -49,12 +49,12 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from pipeline.config import Config, Stage
 from pipeline.events import DeadLetter, parse_dead_letter
 from pipeline.kafka import (
+    KafkaSession,
+    OutgoingRecord,
     Partition,
-    admin_client,
     iter_records,
-    producer,
+    produce_and_confirm,
     read_records,
-    reader,
     record_timestamp_seconds,
     topic_partitions,
 )
@@ -115,10 +115,10 @@ def _malformed_reason(letter: DeadLetter) -> str | None:
     return None
 
 
-def _dlq_partitions(config: Config, stage: Stage) -> tuple[list[Partition], Any]:
-    timeout = config.kafka.request_timeout_seconds
+def _dlq_partitions(kafka: KafkaSession, stage: Stage) -> tuple[list[Partition], Any]:
+    timeout = kafka.settings.request_timeout_seconds
     deadline = time.monotonic() + DEFAULT_RETRY_SECONDS  # a leader election is waited out, not fatal
-    admin = admin_client(config.kafka)
+    admin = kafka.admin
     partitions = partitions_of(admin, [stage.dlq_topic], deadline=deadline,
                                request_timeout=timeout).get(stage.dlq_topic)
     if not partitions:
@@ -164,14 +164,13 @@ def inspect_dlq(config: Config, stage_name: str, limit: int | None = None, sampl
     """Counts by error type of the retained dead letters (the first ``limit`` if given), a few samples
     of each type; malformed ones are counted under their own type ("unparseable") and in ``malformed``."""
     stage = config.stage(stage_name)
-    keys, watermarks = _dlq_partitions(config, stage)
-    deadline = time.monotonic() + timeout_seconds
     counts: Counter[str] = Counter()
     samples: list[DlqSample] = []
     malformed = read = 0
-    consumer = reader(config.kafka)
-    try:
-        records = iter_records(consumer, watermarks.low, watermarks.high, deadline=deadline)
+    with KafkaSession(config.kafka) as kafka:
+        keys, watermarks = _dlq_partitions(kafka, stage)
+        deadline = time.monotonic() + timeout_seconds
+        records = iter_records(kafka.reader(), watermarks.low, watermarks.high, deadline=deadline)
         with contextlib.closing(records):
             for record in records:
                 if limit is not None and read >= limit:
@@ -184,8 +183,6 @@ def inspect_dlq(config: Config, stage_name: str, limit: int | None = None, sampl
                     samples.append(DlqSample(record.partition(), record.offset(), record_timestamp_seconds(record),
                                              letter.error_type, letter.correlation_id, letter.error_message,
                                              letter.original_topic, len(record), letter.unreadable))
-    finally:
-        consumer.close()
     retained = sum(watermarks.high[k] - watermarks.low[k] for k in keys)
     complete = (limit is not None and read >= limit) or time.monotonic() < deadline
     return DlqInspection(stage.name, stage.dlq_topic, retained, read, dict(counts.most_common()), malformed,
@@ -255,51 +252,55 @@ def replay_dlq(config: Config, stage_name: str, replay_filter: ReplayFilter, *, 
     at most ``records_per_transaction`` dead letters handled per transaction; ``dry_run`` decides
     the same way and changes nothing. ReplayFenced when another replay of the DLQ took over."""
     stage = config.stage(stage_name)
+    with KafkaSession(config.kafka) as kafka:
+        return _replay(kafka, config, stage, replay_filter, limit=limit, dry_run=dry_run,
+                       records_per_transaction=records_per_transaction, timeout_seconds=timeout_seconds)
+
+
+def _replay(kafka: KafkaSession, config: Config, stage: Stage, replay_filter: ReplayFilter, *, limit: int | None,
+            dry_run: bool, records_per_transaction: int, timeout_seconds: float) -> ReplayReport:
     group = replay_group(stage)
-    keys, watermarks = _dlq_partitions(config, stage)
+    keys, watermarks = _dlq_partitions(kafka, stage)
     timeout = config.kafka.request_timeout_seconds
     # Only a request topic may receive a replay: republishing into a completed, failed or dead
     # letter topic would forge a stage's outcome instead of asking the stage again.
     request_topics = [s.request_topic for s in config.stages]
-    existing_topics = set(topic_partitions(admin_client(config.kafka), request_topics, timeout))
+    existing_topics = set(topic_partitions(kafka.admin, request_topics, timeout))
     report = ReplayReport(stage.name, stage.dlq_topic, group, dry_run, records_per_transaction=records_per_transaction)
     deadline = time.monotonic() + timeout_seconds
-    consumer = reader(config.kafka, **{"group.id": group, "isolation.level": "read_committed", **_READ_SETTINGS})
+    consumer = kafka.reader(**{"group.id": group, "isolation.level": "read_committed", **_READ_SETTINGS})
     txn_producer: Producer | None = None
-    try:
-        if not dry_run:
-            # First: starting the transactional producer fences a replay still running and aborts
-            # the open transaction of one that crashed, whose pending offsets would otherwise
-            # keep the committed offsets below from being read.
-            txn_producer = producer(config.kafka, **{"transactional.id": group, **_TRANSACTIONAL_SETTINGS})
+    if not dry_run:
+        # First: starting the transactional producer fences a replay still running and aborts
+        # the open transaction of one that crashed, whose pending offsets would otherwise
+        # keep the committed offsets below from being read.
+        txn_producer = kafka.producer(**{"transactional.id": group, **_TRANSACTIONAL_SETTINGS})
+        with fencing_reported(txn_producer, report, timeout):
+            txn_producer.init_transactions(timeout)
+    positions = _replay_positions(consumer, keys, watermarks.low, timeout)
+    report.start = {p: positions[(t, p)] for t, p in keys}
+    report.high_watermark = {p: watermarks.high[(t, p)] for t, p in keys}
+    open_partitions = {key for key in keys if positions[key] < watermarks.high[key]}
+    while open_partitions and not report.limit_reached:
+        if time.monotonic() >= deadline:
+            raise DlqToolError(f"replay took longer than {timeout_seconds:g}s; what was committed stays "
+                               f"replayed, run again to continue")
+        batch = read_records(consumer, {k: positions[k] for k in open_partitions}, watermarks.high,
+                             deadline=deadline, max_records=records_per_transaction,
+                             max_bytes=MAX_BYTES_PER_TRANSACTION)
+        decisions = _decide(batch, replay_filter, existing_topics, open_partitions, report, limit)
+        if not decisions:
+            break
+        advanced = _handled_positions(decisions)
+        if txn_producer is not None:
             with fencing_reported(txn_producer, report, timeout):
-                txn_producer.init_transactions(timeout)
-        positions = _replay_positions(consumer, keys, watermarks.low, timeout)
-        report.start = {p: positions[(t, p)] for t, p in keys}
-        report.high_watermark = {p: watermarks.high[(t, p)] for t, p in keys}
-        open_partitions = {key for key in keys if positions[key] < watermarks.high[key]}
-        while open_partitions and not report.limit_reached:
-            if time.monotonic() >= deadline:
-                raise DlqToolError(f"replay took longer than {timeout_seconds:g}s; what was committed stays "
-                                   f"replayed, run again to continue")
-            batch = read_records(consumer, {k: positions[k] for k in open_partitions}, watermarks.high,
-                                 deadline=deadline, max_records=records_per_transaction,
-                                 max_bytes=MAX_BYTES_PER_TRANSACTION)
-            decisions = _decide(batch, replay_filter, existing_topics, open_partitions, report, limit)
-            if not decisions:
-                break
-            advanced = _handled_positions(decisions)
-            if txn_producer is not None:
-                with fencing_reported(txn_producer, report, timeout):
-                    _commit_batch(txn_producer, consumer, stage, decisions, advanced, timeout)
-                report.transactions += 1
-            positions.update(advanced)
-            _record(report, decisions)
-            stopped = {(d.record.topic(), d.record.partition()) for d in decisions if d.action == "stop"}
-            open_partitions = {k for k in open_partitions - stopped if positions[k] < watermarks.high[k]}
-        report.end = {p: positions[(t, p)] for t, p in keys}
-    finally:
-        consumer.close()
+                _commit_batch(txn_producer, consumer, decisions, advanced, existing_topics, timeout)
+            report.transactions += 1
+        positions.update(advanced)
+        _record(report, decisions)
+        stopped = {(d.record.topic(), d.record.partition()) for d in decisions if d.action == "stop"}
+        open_partitions = {k for k in open_partitions - stopped if positions[k] < watermarks.high[k]}
+    report.end = {p: positions[(t, p)] for t, p in keys}
     return report
 
 
@@ -404,19 +405,17 @@ def _handled_positions(decisions: list[_Decision]) -> dict[Partition, int]:
             for d in decisions if d.action != "stop"}
 
 
-def _commit_batch(txn_producer: Producer, consumer: Consumer, stage: Stage, decisions: list[_Decision],
-                  advanced: dict[Partition, int], timeout: float) -> None:
+def _commit_batch(txn_producer: Producer, consumer: Consumer, decisions: list[_Decision],
+                  advanced: dict[Partition, int], request_topics: set[str], timeout: float) -> None:
+    # A dead letter keeps its request's key, so the replay lands where the request was.
+    replays = [OutgoingRecord(d.letter.original_topic, _encode(d.letter.original_payload), d.record.key(),
+                              ((REPLAYED_FROM_HEADER, f"{d.record.topic()}/{d.record.partition()}/"
+                                                      f"{d.record.offset()}".encode()),))
+               for d in decisions if d.action == "replay"]
     txn_producer.begin_transaction()
     try:
-        for decision in decisions:
-            if decision.action != "replay":
-                continue
-            record = decision.record
-            origin = f"{record.topic()}/{record.partition()}/{record.offset()}"
-            # A dead letter keeps its request's key, so the replay lands where the request was.
-            txn_producer.produce(decision.letter.original_topic, value=_encode(decision.letter.original_payload),
-                                 key=record.key(), headers=[(REPLAYED_FROM_HEADER, origin.encode())])
-            txn_producer.poll(0)
+        # _decide lets through only request topics found when the replay started: not looked up again.
+        produce_and_confirm(txn_producer, replays, deadline=time.monotonic() + timeout, known_topics=request_topics)
         if advanced:
             offsets = [TopicPartition(topic, partition, offset) for (topic, partition), offset in advanced.items()]
             txn_producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), timeout)

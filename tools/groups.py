@@ -30,8 +30,8 @@ from pathlib import Path
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from pipeline.config import Config, KafkaSettings
-from pipeline.kafka import Partition, admin_client, group_state_name, lag, result_of
+from pipeline.config import Config
+from pipeline.kafka import KafkaSession, Partition, group_state_name, kafka_session, lag, result_of
 from pipeline.kafka_errors import (
     DEFAULT_RETRY_SECONDS,
     all_watermarks,
@@ -104,24 +104,28 @@ def _deadline(deadline: float | None) -> float:
     return time.monotonic() + DEFAULT_RETRY_SECONDS if deadline is None else deadline
 
 
-def existing_groups(settings: KafkaSettings, *, deadline: float) -> list[str]:
+def existing_groups(kafka: KafkaSession, *, deadline: float) -> list[str]:
     """Every consumer group id the cluster knows. Each broker lists the groups it coordinates, so a
     listing with a broker missing is incomplete: it is asked again rather than trusted, each time by
-    a new client, which asks only the brokers the cluster lists now (a crashed broker drops out of
-    the metadata once the controller fences it; a client knowing it from before would wait on it)."""
+    a new client (KafkaSession.renew_admin), which asks only the brokers the cluster lists now (a
+    crashed broker drops out of the metadata once the controller fences it; a client knowing it from
+    before would wait on it)."""
+    attempts = 0
 
     def attempt(timeout: float) -> list[str]:
-        admin = admin_client(settings)
+        nonlocal attempts
+        attempts += 1
+        admin = kafka.admin if attempts == 1 else kafka.renew_admin()
         listing = result_of(admin.list_consumer_groups(request_timeout=timeout), timeout)
         if listing.errors:
             raise as_exception(listing.errors[0])
         return sorted(g.group_id for g in listing.valid)
 
     return retry_transient(attempt, what="listing the consumer groups", deadline=deadline,
-                           request_timeout=settings.request_timeout_seconds)
+                           request_timeout=kafka.settings.request_timeout_seconds)
 
 
-def existing_group_state(config: Config, admin: AdminClient, group: str, *, deadline: float
+def existing_group_state(config: Config, kafka: KafkaSession, group: str, *, deadline: float
                          ) -> tuple[str, tuple[Member, ...]]:
     """State and members of ``group``; UnknownGroup, with the closest existing names, when the
     cluster does not know it.
@@ -132,10 +136,10 @@ def existing_group_state(config: Config, admin: AdminClient, group: str, *, dead
     is asked again until its coordinator has it.
     """
     timeout = config.kafka.request_timeout_seconds
-    state, members = group_state(admin, group, timeout, deadline=deadline)
+    state, members = group_state(kafka.admin, group, timeout, deadline=deadline)
     if state != "Dead":
         return state, members
-    names = existing_groups(config.kafka, deadline=deadline)
+    names = existing_groups(kafka, deadline=deadline)
     if group not in names:
         similar = difflib.get_close_matches(group, names, n=3, cutoff=SIMILAR_NAME_CUTOFF)
         hint = (f"; did you mean {' or '.join(similar)}?" if similar
@@ -146,7 +150,7 @@ def existing_group_state(config: Config, admin: AdminClient, group: str, *, dead
             raise GroupToolError(f"group {group} is listed, but its coordinator still describes it as Dead (it "
                                  f"has not loaded the group yet): try again in a moment")
         time.sleep(0.5)  # the new coordinator's loading announces nothing: look again shortly
-        state, members = group_state(admin, group, timeout, deadline=deadline)
+        state, members = group_state(kafka.admin, group, timeout, deadline=deadline)
     return state, members
 
 
@@ -179,15 +183,19 @@ def group_state(admin: AdminClient, group: str, request_timeout: float, *, deadl
     return group_state_name(description.state), members
 
 
-def describe_group(config: Config, group: str, *, deadline: float | None = None) -> GroupDescription:
+def describe_group(config: Config, group: str, *, deadline: float | None = None,
+                   session: KafkaSession | None = None) -> GroupDescription:
+    """The group's state, members and position on every partition it committed on or is assigned;
+    ``session``: the caller's Kafka clients, when it has them open."""
     timeout = config.kafka.request_timeout_seconds
     deadline = _deadline(deadline)
-    admin = admin_client(config.kafka)
-    state, members = existing_group_state(config, admin, group, deadline=deadline)
-    committed = committed_offsets(admin, group, deadline=deadline, request_timeout=timeout)
-    owners = {tp: m.member_id for m in members for tp in m.assigned}
-    keys = sorted(set(committed) | set(owners))
-    watermarks = all_watermarks(admin, keys, deadline=deadline, request_timeout=timeout) if keys else None
+    with kafka_session(config.kafka, session) as kafka:
+        state, members = existing_group_state(config, kafka, group, deadline=deadline)
+        committed = committed_offsets(kafka.admin, group, deadline=deadline, request_timeout=timeout)
+        owners = {tp: m.member_id for m in members for tp in m.assigned}
+        keys = sorted(set(committed) | set(owners))
+        watermarks = (all_watermarks(kafka.admin, keys, deadline=deadline, request_timeout=timeout)
+                      if keys else None)
     partitions = tuple(
         PartitionPosition(topic, partition, committed.get((topic, partition)),
                           watermarks.high.get((topic, partition)) if watermarks else None,
@@ -270,8 +278,8 @@ class ResetResult:
     saved_to: Path | None  # where the offsets before the reset were saved
 
 
-def cluster_id(config: Config, *, deadline: float) -> str:
-    return describe_cluster(config.kafka, deadline=deadline).cluster_id
+def cluster_id(kafka: KafkaSession, *, deadline: float) -> str:
+    return describe_cluster(kafka, deadline=deadline).cluster_id
 
 
 def plan_reset(config: Config, group: str, topic: str, target: ResetTarget, *, deadline: float | None = None
@@ -284,14 +292,7 @@ def plan_reset(config: Config, group: str, topic: str, target: ResetTarget, *, d
     """
     timeout = config.kafka.request_timeout_seconds
     deadline = _deadline(deadline)
-    admin = admin_client(config.kafka)
-    existing_group_state(config, admin, group, deadline=deadline)  # a misspelled group is said first
-    partitions = partitions_of(admin, [topic], deadline=deadline, request_timeout=timeout).get(topic)
-    if not partitions:
-        raise GroupToolError(f"topic {topic!r} does not exist")
-    keys = [(topic, p) for p in partitions]
-    at_time = (_offsets_for_time(admin, keys, target.timestamp_ms, deadline=deadline, request_timeout=timeout)
-               if target.kind == "timestamp" else {})
+    at_time: dict[Partition, int] = {}
 
     def new_offset(key: Partition, low: int, high: int) -> int:
         if target.kind == "earliest":
@@ -302,7 +303,16 @@ def plan_reset(config: Config, group: str, topic: str, target: ResetTarget, *, d
             return min(max(target.offset, low), high)
         return high if at_time[key] < 0 else at_time[key]
 
-    return _plan(config, admin, group, keys, new_offset, f"of {topic} to {target}", deadline=deadline)
+    with KafkaSession(config.kafka) as kafka:
+        existing_group_state(config, kafka, group, deadline=deadline)  # a misspelled group is said first
+        partitions = partitions_of(kafka.admin, [topic], deadline=deadline, request_timeout=timeout).get(topic)
+        if not partitions:
+            raise GroupToolError(f"topic {topic!r} does not exist")
+        keys = [(topic, p) for p in partitions]
+        if target.kind == "timestamp":
+            at_time = _offsets_for_time(kafka.admin, keys, target.timestamp_ms, deadline=deadline,
+                                        request_timeout=timeout)
+        return _plan(config, kafka, group, keys, new_offset, f"of {topic} to {target}", deadline=deadline)
 
 
 def plan_restore(config: Config, group: str, saved: SavedOffsets, *, source: str,
@@ -311,42 +321,42 @@ def plan_restore(config: Config, group: str, saved: SavedOffsets, *, source: str
     Refused for a file of another group or another cluster, or naming partitions that are gone."""
     timeout = config.kafka.request_timeout_seconds
     deadline = _deadline(deadline)
-    admin = admin_client(config.kafka)
     if saved.group != group:
         raise SavedOffsetsError(f"{source} holds the offsets of group {saved.group!r}, not of {group!r}: refused")
-    here = cluster_id(config, deadline=deadline)
-    if saved.cluster_id != here:
-        raise SavedOffsetsError(f"{source} was saved on cluster {saved.cluster_id} ({saved.bootstrap_servers}); "
-                                f"this is cluster {here} ({config.kafka.bootstrap_servers}): refused")
-    existing_group_state(config, admin, group, deadline=deadline)
-    topics = sorted({topic for topic, _ in saved.offsets})
-    existing = partitions_of(admin, topics, deadline=deadline, request_timeout=timeout)
-    gone = [f"{t}[{p}]" for t, p in sorted(saved.offsets) if p not in existing.get(t, ())]
-    if gone:
-        raise GroupToolError(f"{source} names partitions that do not exist (any more): {', '.join(gone[:10])}")
-    restorable = sorted(key for key, offset in saved.offsets.items() if offset is not None)
-    not_restorable = tuple(sorted(key for key, offset in saved.offsets.items() if offset is None))
-    return _plan(config, admin, group, restorable, lambda key, low, high: saved.offsets[key],
-                 f"back to the offsets saved in {source} at {saved.saved_at} (before the {saved.saved_before})",
-                 deadline=deadline, not_restorable=not_restorable)
+    with KafkaSession(config.kafka) as kafka:
+        here = cluster_id(kafka, deadline=deadline)
+        if saved.cluster_id != here:
+            raise SavedOffsetsError(f"{source} was saved on cluster {saved.cluster_id} ({saved.bootstrap_servers}); "
+                                    f"this is cluster {here} ({config.kafka.bootstrap_servers}): refused")
+        existing_group_state(config, kafka, group, deadline=deadline)
+        topics = sorted({topic for topic, _ in saved.offsets})
+        existing = partitions_of(kafka.admin, topics, deadline=deadline, request_timeout=timeout)
+        gone = [f"{t}[{p}]" for t, p in sorted(saved.offsets) if p not in existing.get(t, ())]
+        if gone:
+            raise GroupToolError(f"{source} names partitions that do not exist (any more): {', '.join(gone[:10])}")
+        restorable = sorted(key for key, offset in saved.offsets.items() if offset is not None)
+        not_restorable = tuple(sorted(key for key, offset in saved.offsets.items() if offset is None))
+        return _plan(config, kafka, group, restorable, lambda key, low, high: saved.offsets[key],
+                     f"back to the offsets saved in {source} at {saved.saved_at} (before the {saved.saved_before})",
+                     deadline=deadline, not_restorable=not_restorable)
 
 
-def _plan(config: Config, admin: AdminClient, group: str, keys: list[Partition], new_offset, description: str, *,
+def _plan(config: Config, kafka: KafkaSession, group: str, keys: list[Partition], new_offset, description: str, *,
           deadline: float, not_restorable: tuple[Partition, ...] = ()) -> ResetPlan:
     timeout = config.kafka.request_timeout_seconds
-    watermarks = all_watermarks(admin, keys, deadline=deadline, request_timeout=timeout)
+    watermarks = all_watermarks(kafka.admin, keys, deadline=deadline, request_timeout=timeout)
     if watermarks.errors:
         unread = ", ".join(f"{t}[{p}]" for t, p in sorted(watermarks.errors))
         raise GroupToolError(f"cannot read the offsets of {unread}: "
                              f"{error_text(next(iter(watermarks.errors.values())))}")
-    state, members = existing_group_state(config, admin, group, deadline=deadline)
-    committed = committed_offsets(admin, group, deadline=deadline, request_timeout=timeout)
+    state, members = existing_group_state(config, kafka, group, deadline=deadline)
+    committed = committed_offsets(kafka.admin, group, deadline=deadline, request_timeout=timeout)
     planned = []
     for key in keys:
         low, high = watermarks.low[key], watermarks.high[key]
         planned.append(PlannedReset(key[0], key[1], committed.get(key), new_offset(key, low, high), low, high))
     return ResetPlan(group, description, state, members, tuple(planned),
-                     cluster_id(config, deadline=deadline),
+                     cluster_id(kafka, deadline=deadline),
                      config.kafka.bootstrap_servers, not_restorable)
 
 
@@ -370,10 +380,14 @@ def execute_reset(config: Config, plan: ResetPlan, *, save_to: Path | None = Non
     Refused unless the group is Empty right now (checked again, not taken from the plan). The
     offsets saved are read now too, so the file undoes exactly this reset.
     """
+    with KafkaSession(config.kafka) as kafka:
+        return _execute_reset(config, kafka, plan, save_to, _deadline(deadline), on_saved)
+
+
+def _execute_reset(config: Config, kafka: KafkaSession, plan: ResetPlan, save_to: Path | None, deadline: float,
+                   on_saved: Callable[[Path], None] | None) -> ResetResult:
     timeout = config.kafka.request_timeout_seconds
-    deadline = _deadline(deadline)
-    admin = admin_client(config.kafka)
-    state, members = existing_group_state(config, admin, plan.group, deadline=deadline)
+    state, members = existing_group_state(config, kafka, plan.group, deadline=deadline)
     if state not in RESETTABLE_STATES:
         who = ", ".join(f"{m.client_id}@{m.host}" for m in members) or "none listed"
         raise GroupToolError(f"group {plan.group!r} is {state} with {len(members)} member(s) ({who}); "
@@ -381,7 +395,7 @@ def execute_reset(config: Config, plan: ResetPlan, *, save_to: Path | None = Non
     if not plan.partitions:
         return ResetResult(plan, {}, None)  # nothing to change, so nothing to save either
     if save_to is not None:
-        before = committed_offsets(admin, plan.group, deadline=deadline, request_timeout=timeout)
+        before = committed_offsets(kafka.admin, plan.group, deadline=deadline, request_timeout=timeout)
         saved_at = utc_now().isoformat().replace("+00:00", "Z")
         write_saved(save_to, SavedOffsets(plan.group, plan.cluster_id, plan.bootstrap_servers, saved_at,
                                           f"reset {plan.description}",
@@ -393,7 +407,7 @@ def execute_reset(config: Config, plan: ResetPlan, *, save_to: Path | None = Non
         plan.group, [TopicPartition(p.topic, p.partition, p.new) for p in plan.partitions])
 
     def alter(attempt_timeout: float):
-        future = admin.alter_consumer_group_offsets([request], request_timeout=attempt_timeout)[plan.group]
+        future = kafka.admin.alter_consumer_group_offsets([request], request_timeout=attempt_timeout)[plan.group]
         return result_of(future, attempt_timeout)
 
     # Committing the same offsets again is harmless, so an answer lost in an election is simply asked again.
@@ -402,7 +416,7 @@ def execute_reset(config: Config, plan: ResetPlan, *, save_to: Path | None = Non
     failed = [f"{tp.topic}[{tp.partition}]: {tp.error.str()}" for tp in answer.topic_partitions if tp.error]
     if failed:
         raise GroupToolError(f"the broker refused the reset of {plan.group!r}: {'; '.join(failed)}")
-    committed = committed_offsets(admin, plan.group, deadline=deadline, request_timeout=timeout)
+    committed = committed_offsets(kafka.admin, plan.group, deadline=deadline, request_timeout=timeout)
     mismatched = {(p.topic, p.partition): committed.get((p.topic, p.partition)) for p in plan.partitions
                   if committed.get((p.topic, p.partition)) != p.new}
     return ResetResult(plan, mismatched, save_to)

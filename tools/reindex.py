@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from pipeline.config import Config
 from pipeline.events import discovery_request
-from tools.progress import FollowedRequest, Progress, follow_request
+from tools.request_journey import FollowedRequest, Progress, follow_request
 
 NOT_CLEARED = ("the existing index is NOT cleared: Qdrant and Memgraph are outside treewatch; clear them "
                "first (the guide's reindex procedure, step 1) if the index is corrupted")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from pipeline import health
 from pipeline.config import Config
-from pipeline.kafka import admin_client
+from pipeline.kafka import KafkaSession
 from pipeline.kafka_errors import (
     DEFAULT_RETRY_SECONDS,
     all_watermarks,
@@ -89,28 +89,30 @@ class Status:
 
 def gather_status(config: Config, *, deadline: float | None = None) -> Status:
     """Everything the quick status check shows; Kafka reads retry passing errors until ``deadline``
-    (time.monotonic(); default DEFAULT_RETRY_SECONDS from now)."""
+    (time.monotonic(); default DEFAULT_RETRY_SECONDS from now). Every Kafka read goes through one
+    admin client."""
     deadline = time.monotonic() + DEFAULT_RETRY_SECONDS if deadline is None else deadline
     services = tuple(health.probe_all([health.Target(s.name, s.url) for s in config.services],
                                       timeout_seconds=config.exporter.health_timeout_seconds,
                                       max_body_bytes=config.exporter.health_max_body_bytes))
-    cluster = _cluster(config, deadline)
-    if cluster.error:
-        unreachable = "not read: Kafka unreachable"
-        groups = tuple(GroupLag(s.name, s.group, None, 0, None, 0, unreachable) for s in config.stages)
-        dlqs = tuple(DlqDepth(s.name, s.dlq_topic, None, unreachable) for s in config.stages)
-        return Status(services, cluster, groups, dlqs)
-    return Status(services, cluster, tuple(_group_lag(config, s, deadline) for s in config.stages),
-                  _dlq_depths(config, deadline))
+    with KafkaSession(config.kafka) as kafka:
+        cluster = _cluster(config, kafka, deadline)
+        if cluster.error:
+            unreachable = "not read: Kafka unreachable"
+            groups = tuple(GroupLag(s.name, s.group, None, 0, None, 0, unreachable) for s in config.stages)
+            dlqs = tuple(DlqDepth(s.name, s.dlq_topic, None, unreachable) for s in config.stages)
+            return Status(services, cluster, groups, dlqs)
+        return Status(services, cluster, tuple(_group_lag(config, kafka, s, deadline) for s in config.stages),
+                      _dlq_depths(config, kafka, deadline))
 
 
-def _cluster(config: Config, deadline: float) -> ClusterStatus:
+def _cluster(config: Config, kafka: KafkaSession, deadline: float) -> ClusterStatus:
     try:
-        check_reachable(config)  # what the other tools check first, with the same description
+        check_reachable(config, session=kafka)  # what the other tools check first, with the same description
     except KafkaUnreachable as unreachable:
         return ClusterStatus(None, None, (), str(unreachable))
     try:
-        description = describe_cluster(config.kafka, deadline=deadline)
+        description = describe_cluster(kafka, deadline=deadline)
     except Exception as error:  # KafkaException, TimeoutError: the cluster is what is unhealthy
         return ClusterStatus(None, None, (), f"the cluster does not answer: {error_text(error)}")
     controller = description.controller.id if description.controller is not None else None
@@ -118,12 +120,12 @@ def _cluster(config: Config, deadline: float) -> ClusterStatus:
     return ClusterStatus(description.cluster_id, controller, brokers)
 
 
-def _group_lag(config: Config, stage, deadline: float) -> GroupLag:
+def _group_lag(config: Config, kafka: KafkaSession, stage, deadline: float) -> GroupLag:
     timeout = config.kafka.request_timeout_seconds
     try:
-        partitions = partitions_of(admin_client(config.kafka), [stage.request_topic], deadline=deadline,
+        partitions = partitions_of(kafka.admin, [stage.request_topic], deadline=deadline,
                                    request_timeout=timeout).get(stage.request_topic, [])
-        described = describe_group(config, stage.group, deadline=deadline)
+        described = describe_group(config, stage.group, deadline=deadline, session=kafka)
     except UnknownGroup:
         return GroupLag(stage.name, stage.group, None, 0, None, len(partitions), exists=False)
     except Exception as error:  # this group only; the others are still read
@@ -134,9 +136,9 @@ def _group_lag(config: Config, stage, deadline: float) -> GroupLag:
     return GroupLag(stage.name, stage.group, described.state, len(described.members), lag, without)
 
 
-def _dlq_depths(config: Config, deadline: float) -> tuple[DlqDepth, ...]:
+def _dlq_depths(config: Config, kafka: KafkaSession, deadline: float) -> tuple[DlqDepth, ...]:
     timeout = config.kafka.request_timeout_seconds
-    admin = admin_client(config.kafka)
+    admin = kafka.admin
     try:
         partitions = partitions_of(admin, [s.dlq_topic for s in config.stages], deadline=deadline,
                                    request_timeout=timeout)

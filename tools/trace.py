@@ -24,12 +24,7 @@ from dataclasses import dataclass, field
 
 from pipeline.config import Config
 from pipeline.events import UnreadableRecord, correlation_id_of, read_json_object
-from pipeline.kafka import (
-    admin_client,
-    iter_records,
-    reader,
-    record_timestamp_seconds,
-)
+from pipeline.kafka import KafkaSession, iter_records, record_timestamp_seconds
 from pipeline.kafka_errors import all_watermarks, partitions_of
 
 # A stage topic's role → the summary column it counts in.
@@ -92,21 +87,19 @@ def prefilter(correlation_id: str) -> bytes:
 def trace(config: Config, correlation_id: str, timeout_seconds: float = 120.0) -> Trace:
     started = time.monotonic()
     kafka_timeout = config.kafka.request_timeout_seconds
-    admin = admin_client(config.kafka)
     roles = config.pipeline_topics  # topic → (stage, role)
     deadline = started + timeout_seconds
-    # Partitions without a leader for the moment (an election) are asked again until the deadline.
-    partitions = partitions_of(admin, roles, deadline=deadline, request_timeout=kafka_timeout)
-    keys = [(topic, p) for topic, ids in partitions.items() for p in ids]
-    watermarks = all_watermarks(admin, keys, deadline=deadline, request_timeout=kafka_timeout)
     stage_order = [s.name for s in config.stages]
     needle = prefilter(correlation_id)
     events = []
     unreadable: list[UnreadableRecordSeen] = []
     unreadable_count = scanned = 0
-    consumer = reader(config.kafka, **_SCAN_SETTINGS)
-    try:
-        records = iter_records(consumer, watermarks.low, watermarks.high, deadline=deadline,
+    with KafkaSession(config.kafka) as kafka:
+        # Partitions without a leader for the moment (an election) are asked again until the deadline.
+        partitions = partitions_of(kafka.admin, roles, deadline=deadline, request_timeout=kafka_timeout)
+        keys = [(topic, p) for topic, ids in partitions.items() for p in ids]
+        watermarks = all_watermarks(kafka.admin, keys, deadline=deadline, request_timeout=kafka_timeout)
+        records = iter_records(kafka.reader(**_SCAN_SETTINGS), watermarks.low, watermarks.high, deadline=deadline,
                                batch_size=_BATCH_RECORDS)
         with contextlib.closing(records):
             for record in records:
@@ -128,8 +121,6 @@ def trace(config: Config, correlation_id: str, timeout_seconds: float = 120.0) -
                 events.append(TracedEvent(record_timestamp_seconds(record), stage.name, role, record.topic(),
                                           record.partition(), record.offset(), event))
         complete = time.monotonic() < deadline
-    finally:
-        consumer.close()
     # Records written in the same millisecond keep the pipeline's order: stage, then role.
     events.sort(key=lambda e: (e.timestamp if e.timestamp is not None else float("inf"),
                                stage_order.index(e.stage), _ROLE_ORDER.index(e.role), e.partition, e.offset))

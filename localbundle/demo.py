@@ -35,20 +35,22 @@ from dashboards import overview
 from devkafka import KafkaCluster, free_port
 from devkafka.processes import ProcessStartError
 from exporter.app import Exporter, build_exporter
+from exporter.metrics import (
+    KAFKA_CONSUMER_GROUP_LAG,
+    TREE_DLQ_RETAINED_RECORDS,
+    TREE_EVENTS_PROCESSED_TOTAL,
+    TREE_SERVICE_STATUS,
+)
 from exporter.snapshot import Snapshot
+from localbundle import stack as chain
+from localbundle.drill import Drill
+from localbundle.incident_alerts import EXPECTED
 from pipeline.config import DEFAULT_SERVICES, Config, load_config
 from simulator import Simulator, SimulatorSettings
 from simulator.control import ControlServer, IncidentControl
 from simulator.incidents import CATALOGUE, Incident, IncidentUnavailable, incident
-from treewatch import stack as chain
-from treewatch.drill import Drill
-from treewatch.incident_alerts import EXPECTED
-from treewatch.incident_cli import DEFAULT_CONTROL
 
-REPO = Path(__file__).resolve().parents[1]
-
-DEFAULT_PORTS = {"exporter": 9847, "prometheus": 9090, "alertmanager": 9093,
-                 "control": int(DEFAULT_CONTROL.rsplit(":", 1)[1])}
+DEFAULT_PORTS = {"exporter": 9847, "prometheus": 9090, "alertmanager": 9093}
 # Every duration of the rules and the routing times this: 5 minutes are 15 s, 15 minutes 45 s.
 DEFAULT_TIME_SCALE = 0.05
 # The exporter gathers, and Prometheus scrapes it, this often (production: 15 s and 15-30 s).
@@ -81,6 +83,9 @@ class DemoOptions:
     time_scale: float = DEFAULT_TIME_SCALE
     # One incident of the catalogue instead of the story.
     incident: str | None = None
+    # Where the incident control listens (when free), so that `treewatch incident` finds it without
+    # being told; None: any free port.
+    control_port: int | None = None
 
 
 @dataclass(frozen=True)
@@ -137,7 +142,7 @@ def run_demo(options: DemoOptions, out: Callable[[str], None]) -> int:
                 raise DemoError(str(error)) from error
             for note in monitoring.notes:
                 out(f"({note})")
-            control = _control(stack, env, options.free_ports, out)
+            control = _control(stack, env, options, out)
             _say_how_alerts_run(monitoring, options.time_scale, out)
             printer = SlackPrinter(monitoring, clock, out)
             monitoring.sink.on_message.append(printer.message)
@@ -307,14 +312,14 @@ def _keep_running(env: DemoEnvironment, config: Config, options: DemoOptions, st
 def summary(snapshot: Snapshot, config: Config) -> list[str]:
     """A few lines from the exporter's snapshot: what its /metrics says right now."""
     lag: dict[str, float] = {}
-    for (group, _topic, _partition), value in snapshot.values("kafka_consumer_group_lag").items():
+    for (group, _topic, _partition), value in snapshot.values(KAFKA_CONSUMER_GROUP_LAG).items():
         lag[group] = lag.get(group, 0) + value
     dlq: dict[str, float] = {}
-    for (stage, _topic), value in snapshot.values("tree_dlq_retained_records").items():
+    for (stage, _topic), value in snapshot.values(TREE_DLQ_RETAINED_RECORDS).items():
         dlq[stage] = dlq.get(stage, 0) + value
-    health = {service: status for (service, status), value in snapshot.values("tree_service_status").items()
+    health = {service: status for (service, status), value in snapshot.values(TREE_SERVICE_STATUS).items()
               if value == 1}
-    processed = snapshot.values("tree_events_processed_total")
+    processed = snapshot.values(TREE_EVENTS_PROCESSED_TOTAL)
 
     def number(mapping: dict[str, float], key: str) -> str:
         return f"{mapping[key]:.0f}" if key in mapping else "-"
@@ -430,11 +435,11 @@ def _port(default: int, free_ports: bool) -> int:
     return default
 
 
-def _control(stack: contextlib.ExitStack, env: DemoEnvironment, free_ports: bool,
+def _control(stack: contextlib.ExitStack, env: DemoEnvironment, options: DemoOptions,
              out: Callable[[str], None]) -> ControlServer | None:
+    port = free_port() if options.control_port is None else _port(options.control_port, options.free_ports)
     try:
-        return stack.enter_context(ControlServer(IncidentControl(env),
-                                                 ("127.0.0.1", _port(DEFAULT_PORTS["control"], free_ports))))
+        return stack.enter_context(ControlServer(IncidentControl(env), ("127.0.0.1", port)))
     except OSError as error:
         out(f"(no incident control: {error.strerror})")
         return None

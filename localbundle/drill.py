@@ -16,9 +16,9 @@ from typing import Protocol
 
 import httpx
 
+from localbundle.incident_alerts import EXPECTED, Expected
+from localbundle.stack import MonitoringStack, SlackMessage
 from simulator.incidents import Incident
-from treewatch.incident_alerts import EXPECTED, Expected
-from treewatch.stack import MonitoringStack, SlackMessage
 
 POLL_SECONDS = 0.25
 

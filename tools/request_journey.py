@@ -1,16 +1,22 @@
-"""Publish a discovery request and follow its correlation id through the stages while the
-pipeline works on it (``treewatch bench`` and ``treewatch reindex``).
+"""Follow one request through the pipeline's stages: publish a discovery request and follow its
+correlation id while the stages work on it (``treewatch bench`` and ``treewatch reindex``).
 
-``ProgressFollower.start()`` takes the high watermark of every stage's completed, failed and dead
+The stages are the configuration's, in its order: the first receives the discovery request and
+reports how many files it found (``files_discovered`` of its completed event); every later stage
+works on files, each one's completions being the next one's requests; a file is finished when the
+last stage completes it (with the built-in stages, when it is indexed).
+
+``RequestFollower.start()`` takes the high watermark of every stage's completed, failed and dead
 letter topic *before* the request is published, and reads on from there as records arrive: one
 consumer, assigned once, remembering its position, so each record is read once however long the
 wait (the guide's scripts re-read whole topics every few seconds). It counts the records that
 carry the correlation id:
 
-- discovered: ``files_discovered`` of the discover stage's completed event;
-- stamped / indexed: files with a completed event of the stamp / index stage;
+- discovered: ``files_discovered`` of the first stage's completed event;
+- completed, per later stage: files with a completed event of that stage;
 - failed and dead-lettered: failed events and dead letters per stage;
-- finished files: indexed, or failed or dead-lettered in a later stage, each file once.
+- finished files: completed by the last stage, or failed or dead-lettered in a stage after the
+  first, each file once.
 
 The run is complete when the finished files reach the discovered count, or at once when discovery
 itself failed. Files are told apart by their ``file_path``, so a record the pipeline writes twice
@@ -31,49 +37,55 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from pipeline.config import Config
-from pipeline.events import correlation_id as correlation_id_of
-from pipeline.events import decode_json_object, parse_dead_letter
+from pipeline.events import correlation_id as record_correlation_id
+from pipeline.events import decode_json_object, parse_dead_letter, payload_of
 from pipeline.kafka import (
+    KafkaSession,
+    OutgoingRecord,
     Partition,
-    admin_client,
     fetch_committed_offsets,
-    producer,
-    reader,
+    kafka_session,
+    produce_and_confirm,
     record_timestamp_seconds,
 )
 from pipeline.kafka_errors import DEFAULT_RETRY_SECONDS, RetriesExhausted, all_watermarks, error_text, partitions_of
 from tools import ToolError
 
-log = logging.getLogger("treewatch.progress")
+log = logging.getLogger("treewatch.request_journey")
 
-DISCOVER, STAMP, INDEX = "discover", "stamp", "index"
 FOLLOWED_ROLES = ("completed", "failed", "dlq")
 # How long one read waits for new records: the only pause while following.
 POLL_SECONDS = 0.5
 # After completion, how long to wait at most for the stages to commit what they were working on
-# (see ProgressFollower.settle).
+# (see RequestFollower.settle).
 SETTLE_SECONDS = 15.0
 
 
 @dataclass(frozen=True)
 class Progress:
     correlation_id: str
-    discovered: int | None  # None until discovery has reported
+    discovered: int | None  # None until discovery (the first stage) has reported
     discovery_failed: bool
-    stamped: int
-    indexed: int
+    # Every stage after the first, in the pipeline's order → files it completed; the last one's are
+    # the finished files.
+    completed: dict[str, int]
     failed_files: int  # files that failed or were dead-lettered after discovery, each once
-    failed: dict[str, int]  # stage → failed events
-    dead_lettered: dict[str, int]  # stage → dead letters
+    failed: dict[str, int]  # every stage, in the pipeline's order → failed events
+    dead_lettered: dict[str, int]  # every stage, in the pipeline's order → dead letters
     unreadable: int  # records of this correlation id without the fields counted here
     records_read: int  # every record read while following, whatever its correlation id
 
     @property
+    def finished(self) -> int:
+        """Files the last stage completed."""
+        return list(self.completed.values())[-1] if self.completed else 0
+
+    @property
     def finished_files(self) -> int:
-        return self.indexed + self.failed_files
+        return self.finished + self.failed_files
 
     @property
     def done(self) -> bool:
@@ -85,10 +97,16 @@ class Progress:
         if self.done:
             return None
         if self.discovered is None:
-            return DISCOVER
-        if self.stamped + self.failed_files < self.discovered:
-            return STAMP
-        return INDEX
+            return self.first_stage
+        for stage, files in self.completed.items():
+            if files + self.failed_files < self.discovered:
+                return stage
+        return list(self.completed)[-1]
+
+    @property
+    def first_stage(self) -> str:
+        """The stage discovery requests go to: the first of every stage's (``failed`` has them all)."""
+        return next(iter(self.failed))
 
     @property
     def dead_lettered_total(self) -> int:
@@ -96,30 +114,24 @@ class Progress:
 
     @property
     def percent_indexed(self) -> float | None:
+        """Finished files as a share of the discovered ones (the guide's "indexed")."""
         if self.discovered is None:
             return None
-        return 100.0 if self.discovered == 0 else 100.0 * self.indexed / self.discovered
-
-
-def _payload(event: dict[str, Any] | None) -> dict[str, Any]:
-    if event is None:
-        return {}
-    payload = event.get("payload")
-    return payload if isinstance(payload, dict) else event
+        return 100.0 if self.discovered == 0 else 100.0 * self.finished / self.discovered
 
 
 def _file_path(message: Message, role: str) -> str | None:
     if role == "dlq":
         original = parse_dead_letter(message.value()).original_payload
-        payload = _payload(original if isinstance(original, dict) else None)
+        payload = payload_of(original if isinstance(original, dict) else None)
     else:
-        payload = _payload(decode_json_object(message.value()))
+        payload = payload_of(decode_json_object(message.value()))
     path = payload.get("file_path")
     return path if isinstance(path, str) and path else None
 
 
-class ProgressFollower:
-    """``with ProgressFollower(config, cid, deadline) as follower:`` start() before publishing, then wait()."""
+class RequestFollower:
+    """``with RequestFollower(config, cid, deadline) as follower:`` start() before publishing, then wait()."""
 
     def __init__(self, config: Config, correlation_id: str, deadline: float | None = None) -> None:
         self.config = config
@@ -128,13 +140,16 @@ class ProgressFollower:
         self.deadline = deadline
         self._roles = {topic: (stage.name, role) for topic, (stage, role) in config.pipeline_topics.items()
                        if role in FOLLOWED_ROLES}
-        self._consumer = None
+        self._stages = tuple(stage.name for stage in config.stages)
+        self._first, self._last = config.stages[0], config.stages[-1]
+        self.kafka: KafkaSession | None = None  # the follower's clients, from start() to close()
+        self._consumer: Consumer | None = None
         self._positions: dict[Partition, int] = {}
         self.missing_topics: tuple[str, ...] = ()
         self._discovered: int | None = None
         self._discovery_failed = False
-        self._stamped: set[str] = set()
-        self._indexed: dict[str, float | None] = {}  # file → first index-completed record timestamp
+        self._completed: dict[str, set[str]] = {name: set() for name in self._stages[1:]}  # stage → files
+        self._finished: dict[str, float | None] = {}  # file → its first last-stage completed record's timestamp
         self._failed_files: set[str] = set()
         self._failed: Counter[str] = Counter()
         self._dead_lettered: Counter[str] = Counter()
@@ -143,36 +158,42 @@ class ProgressFollower:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def start(self) -> ProgressFollower:
+    def start(self) -> RequestFollower:
         """Take every followed partition's high watermark and read from there: only records written
         after this call are counted, so call it before publishing the request. Partitions without a
         leader for the moment are asked again until the deadline."""
         timeout = self.config.kafka.request_timeout_seconds
         deadline = time.monotonic() + DEFAULT_RETRY_SECONDS if self.deadline is None else self.deadline
-        admin = admin_client(self.config.kafka)
-        partitions = partitions_of(admin, self._roles, deadline=deadline, request_timeout=timeout)
-        required = [self.config.stage(DISCOVER).completed_topic, self.config.stage(INDEX).completed_topic]
-        absent = [topic for topic in required if topic not in partitions]
-        if absent:
-            raise ToolError(f"topic {absent[0]} does not exist: is the pipeline deployed on "
-                            f"{self.config.kafka.bootstrap_servers}?")
-        self.missing_topics = tuple(sorted(set(self._roles) - set(partitions)))
-        keys = [(topic, p) for topic, ids in partitions.items() for p in ids]
-        watermarks = all_watermarks(admin, keys, deadline=deadline, request_timeout=timeout)
-        if watermarks.errors:
-            (topic, partition), error = next(iter(watermarks.errors.items()))
-            raise ToolError(f"cannot read where {topic}[{partition}] ends: {error_text(error)}")
-        self._positions = dict(watermarks.high)
-        self._consumer = reader(self.config.kafka)
-        self._consumer.assign([TopicPartition(t, p, offset) for (t, p), offset in self._positions.items()])
+        self.kafka = KafkaSession(self.config.kafka)
+        try:
+            admin = self.kafka.admin
+            partitions = partitions_of(admin, self._roles, deadline=deadline, request_timeout=timeout)
+            required = [self._first.completed_topic, self._last.completed_topic]
+            absent = [topic for topic in required if topic not in partitions]
+            if absent:
+                raise ToolError(f"topic {absent[0]} does not exist: is the pipeline deployed on "
+                                f"{self.config.kafka.bootstrap_servers}?")
+            self.missing_topics = tuple(sorted(set(self._roles) - set(partitions)))
+            keys = [(topic, p) for topic, ids in partitions.items() for p in ids]
+            watermarks = all_watermarks(admin, keys, deadline=deadline, request_timeout=timeout)
+            if watermarks.errors:
+                (topic, partition), error = next(iter(watermarks.errors.items()))
+                raise ToolError(f"cannot read where {topic}[{partition}] ends: {error_text(error)}")
+            self._positions = dict(watermarks.high)
+            self._consumer = self.kafka.reader()
+            self._consumer.assign([TopicPartition(t, p, offset) for (t, p), offset in self._positions.items()])
+        except BaseException:  # the caller's `with` never gets to close what was opened
+            self.close()
+            raise
         return self
 
     def close(self) -> None:
-        if self._consumer is not None:
-            self._consumer.close()
-            self._consumer = None
+        if self.kafka is not None:
+            self.kafka.close()
+            self.kafka = None
+        self._consumer = None
 
-    def __enter__(self) -> ProgressFollower:
+    def __enter__(self) -> RequestFollower:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -197,16 +218,17 @@ class ProgressFollower:
                 continue
             self._positions[key] = message.offset() + 1
             self._records_read += 1
-            if correlation_id_of(message.value()) == self.correlation_id:
+            if record_correlation_id(message.value()) == self.correlation_id:
                 self._count(message)
                 changed = True
         return changed
 
     def _count(self, message: Message) -> None:
         stage, role = self._roles[message.topic()]
-        if stage == DISCOVER:
+        first = stage == self._first.name
+        if first:
             if role == "completed":
-                files = _payload(decode_json_object(message.value())).get("files_discovered")
+                files = payload_of(decode_json_object(message.value())).get("files_discovered")
                 if isinstance(files, int) and not isinstance(files, bool) and files >= 0:
                     self._discovered = files
                 else:
@@ -217,7 +239,7 @@ class ProgressFollower:
             self._failed[stage] += 1
         elif role == "dlq":
             self._dead_lettered[stage] += 1
-        if stage == DISCOVER:
+        if first:
             return
         path = _file_path(message, role)
         if path is None:
@@ -225,30 +247,29 @@ class ProgressFollower:
             return
         if role != "completed":
             self._failed_files.add(path)
-        elif stage == STAMP:
-            self._stamped.add(path)
-        elif stage == INDEX:
-            self._indexed.setdefault(path, record_timestamp_seconds(message))
+            return
+        self._completed[stage].add(path)
+        if stage == self._last.name:
+            self._finished.setdefault(path, record_timestamp_seconds(message))
 
     def progress(self) -> Progress:
-        stages = [s.name for s in self.config.stages]
         return Progress(
             correlation_id=self.correlation_id,
             discovered=self._discovered,
             discovery_failed=self._discovery_failed,
-            stamped=len(self._stamped),
-            indexed=len(self._indexed),
-            # A file dead-lettered and then replayed into the index counts once, as indexed.
-            failed_files=len(self._failed_files - self._indexed.keys()),
-            failed={name: self._failed[name] for name in stages},
-            dead_lettered={name: self._dead_lettered[name] for name in stages},
+            completed={name: len(files) for name, files in self._completed.items()},
+            # A file dead-lettered and then replayed through the last stage counts once, as finished.
+            failed_files=len(self._failed_files - self._finished.keys()),
+            failed={name: self._failed[name] for name in self._stages},
+            dead_lettered={name: self._dead_lettered[name] for name in self._stages},
             unreadable=self._unreadable,
             records_read=self._records_read,
         )
 
-    def index_timestamps(self) -> list[float]:
-        """Record timestamps (seconds since the epoch) of each indexed file's first completed event."""
-        return [stamp for stamp in self._indexed.values() if stamp is not None]
+    def finished_timestamps(self) -> list[float]:
+        """Record timestamps (seconds since the epoch) of each finished file's first completed event
+        of the last stage."""
+        return [stamp for stamp in self._finished.values() if stamp is not None]
 
     def wait(self, deadline: float, on_progress: Callable[[Progress], None] | None = None) -> Progress:
         """Read until the run is complete or ``deadline`` (time.monotonic()) passes; ``on_progress``
@@ -281,8 +302,10 @@ class ProgressFollower:
             return self.progress()
 
     def _settle(self, timeout_seconds: float) -> Progress:
+        if self.kafka is None:
+            raise RuntimeError("the follower is not started: start() it first")
         timeout = self.config.kafka.request_timeout_seconds
-        admin = admin_client(self.config.kafka)
+        admin = self.kafka.admin
         until = time.monotonic() + timeout_seconds
         requests = partitions_of(admin, [s.request_topic for s in self.config.stages], deadline=until,
                                  request_timeout=timeout)
@@ -308,35 +331,32 @@ class ProgressFollower:
         return isinstance(offsets, dict) and offsets.get(key, -1) >= end
 
 
-def publish_discovery_request(config: Config, request: dict[str, Any], deadline: float | None = None) -> float:
-    """Write ``request`` (see pipeline.events.discovery_request) to the discover stage's request
+def publish_discovery_request(config: Config, request: dict[str, Any], deadline: float | None = None,
+                              kafka: KafkaSession | None = None) -> float:
+    """Write ``request`` (see pipeline.events.discovery_request) to the first stage's request
     topic with an idempotent producer and wait until Kafka confirms it; returns the record's
     timestamp (seconds since the epoch), the start of every file's end-to-end latency.
 
     The producer retries by itself (a leader election, a broker restarting) for as long as
     message.timeout.ms allows: that is the time left before ``deadline`` (time.monotonic()), at
     least the request timeout. Being idempotent, its retries never write the request twice.
+    ``kafka``: a session to make the producer in (the follower's), else one of its own.
     """
-    topic = config.stage(DISCOVER).request_topic
+    topic = config.stages[0].request_topic
     timeout = config.kafka.request_timeout_seconds
     if deadline is not None:
         timeout = max(timeout, deadline - time.monotonic())
     sent_at = time.time()
-    outcome: dict[str, Any] = {}
-
-    def delivered(error: KafkaError | None, message: Message) -> None:
-        outcome["error"] = error
-        outcome["timestamp"] = record_timestamp_seconds(message) if error is None else None
-
-    sender = producer(config.kafka, **{"message.timeout.ms": int(timeout * 1000)})
-    key = request["payload"]["correlation_id"].encode()
-    sender.produce(topic, json.dumps(request).encode(), key=key, on_delivery=delivered)
-    sender.flush(timeout + 5)
-    if "error" not in outcome:
-        raise ToolError(f"the discovery request was not confirmed by Kafka within {timeout:g}s ({topic})")
-    if outcome["error"] is not None:
-        raise ToolError(f"the discovery request was not written to {topic}: {outcome['error'].str()}")
-    return outcome["timestamp"] if outcome["timestamp"] is not None else sent_at
+    record = OutgoingRecord(topic, json.dumps(request).encode(), key=request["payload"]["correlation_id"].encode())
+    with kafka_session(config.kafka, kafka) as session:
+        sender = session.producer(**{"message.timeout.ms": int(timeout * 1000)})
+        try:
+            # A little past the producer's own timeout, so its verdict on the record is the one reported.
+            (written,) = produce_and_confirm(sender, [record], deadline=time.monotonic() + timeout + 5)
+        except KafkaException as error:  # ProduceFailed, or no answer to the topic's lookup
+            raise ToolError(f"the discovery request was not written: {error_text(error)}") from None
+    stamp = record_timestamp_seconds(written)
+    return stamp if stamp is not None else sent_at
 
 
 @dataclass(frozen=True)
@@ -345,7 +365,7 @@ class FollowedRequest:
     progress: Progress
     requested_at: float  # the request record's timestamp, seconds since the epoch
     elapsed_seconds: float  # from publishing to completion (or to giving up)
-    index_timestamps: tuple[float, ...]  # each indexed file's first completed event's record timestamp
+    finished_timestamps: tuple[float, ...]  # each finished file's first last-stage completed record's timestamp
     missing_topics: tuple[str, ...]  # followed topics that did not exist when the request was published
 
     @property
@@ -359,9 +379,9 @@ def follow_request(config: Config, request: dict[str, Any], timeout_seconds: flo
     ``on_progress`` is called once when the request is written, then with every change."""
     correlation_id = request["payload"]["correlation_id"]
     deadline = time.monotonic() + timeout_seconds
-    with ProgressFollower(config, correlation_id, deadline) as follower:
+    with RequestFollower(config, correlation_id, deadline) as follower:
         started = time.monotonic()
-        requested_at = publish_discovery_request(config, request, deadline)
+        requested_at = publish_discovery_request(config, request, deadline, follower.kafka)
         if on_progress is not None:
             on_progress(follower.progress())  # published: nothing counted yet
         progress = follower.wait(deadline, on_progress)
@@ -369,4 +389,4 @@ def follow_request(config: Config, request: dict[str, Any], timeout_seconds: flo
         if progress.done:
             progress = follower.settle()
         return FollowedRequest(correlation_id, progress, requested_at, elapsed,
-                               tuple(follower.index_timestamps()), follower.missing_topics)
+                               tuple(follower.finished_timestamps()), follower.missing_topics)

@@ -22,7 +22,7 @@ import shlex
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -34,6 +34,7 @@ import yaml
 
 from alerts import generate as alerts_generate
 from alerts.config import CONFIG, MonitoringConfig
+from alerts.environments import ScrapeTarget, scrape_job
 from devkafka.processes import running_process
 from pipeline.http_serving import BackgroundHTTPServer
 
@@ -49,7 +50,7 @@ EXPORTER_JOB = "treewatch"
 # The title the generated Slack template writes (alerts/alertmanager.py, "treewatch.slack.title").
 _TITLE = re.compile(
     r"^\[(?P<status>FIRING|RESOLVED)(?::(?P<count>\d+))?\]"
-    r"(?: (?P<severity>[A-Z]+))? (?P<alertname>\S+)"
+    r"(?: (?P<severity>[A-Z]+))? (?P<alertname>\S+)(?: · env (?P<env>\S+))?"
     r"(?: · stage (?P<stage>\S+))?(?: · service (?P<service>\S+))?$"
 )
 
@@ -76,6 +77,7 @@ class SlackMessage:
     alertname: str
     stage: str | None
     service: str | None
+    env: str | None = None  # the environment the alerts are from, when their series carry one
 
     @classmethod
     def from_webhook(cls, body: dict[str, Any], received_at: float) -> SlackMessage:
@@ -96,6 +98,7 @@ class SlackMessage:
             alertname=match["alertname"],
             stage=match["stage"],
             service=match["service"],
+            env=match["env"],
         )
 
     @property
@@ -282,10 +285,12 @@ def rules_pass_promtool(rules_file: Path) -> tuple[bool, str]:
 
 
 @contextlib.contextmanager
-def running_prometheus(folder: Path, *, exporter: str, alertmanager: str, port: int, rules_file: Path | None,
-                       scrape_seconds: float, resend_delay: str = "1m") -> Iterator[Prometheus]:
-    """Prometheus scraping the exporter at ``exporter`` (host:port) as job treewatch, evaluating
-    ``rules_file`` and sending alerts to ``alertmanager`` (host:port).
+def running_prometheus(folder: Path, *, exporter: str | Sequence[ScrapeTarget], alertmanager: str, port: int,
+                       rules_file: Path | None, scrape_seconds: float,
+                       resend_delay: str = "1m") -> Iterator[Prometheus]:
+    """Prometheus scraping the exporter at ``exporter`` (host:port; or several, each with its
+    environment's labels) as job treewatch, evaluating ``rules_file`` and sending alerts to
+    ``alertmanager`` (host:port).
 
     ``resend_delay`` is how often a firing alert is sent again (Prometheus' default: 1m). An alert
     that fires before Prometheus has found its Alertmanager (the Watchdog, at the first
@@ -297,7 +302,8 @@ def running_prometheus(folder: Path, *, exporter: str, alertmanager: str, port: 
         "global": {"scrape_interval": interval, "scrape_timeout": interval, "evaluation_interval": interval},
         "rule_files": [str(rules_file)] if rules_file else [],
         "alerting": {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]},
-        "scrape_configs": [{"job_name": EXPORTER_JOB, "static_configs": [{"targets": [exporter]}]}],
+        "scrape_configs": [{"job_name": EXPORTER_JOB, "static_configs": [{"targets": [exporter]}]}
+                           if isinstance(exporter, str) else scrape_job(EXPORTER_JOB, exporter)],
     }, sort_keys=False))
     url = f"http://127.0.0.1:{port}"
     log = folder / "prometheus.log"

@@ -1,0 +1,96 @@
+"""The exporter's own section of the configuration file (``exporter:``): its endpoint, refresh,
+bounds and filters, declared once here and registered with the ground floor's loader, which
+validates it with the rest of the file and builds it as ``config.exporter``."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from pydantic import Field
+
+from pipeline.config import ConfigError, Secret, config_section, refuse_half_pair
+
+DEFAULT_LISTEN_ADDRESS = "0.0.0.0:9847"
+
+# host:port, [ipv6]:port or :port, with a port of 0 to 65535.
+_LISTEN_ADDRESS = (r"^(\[[0-9A-Fa-f:.]+\]|[^:\[\]]*):"
+                   r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})$")
+_BCRYPT_HASH = r"^\$2[aby]\$(0[4-9]|1[0-6])\$"
+
+Patterns = tuple[re.Pattern[str], ...]
+
+
+@dataclass(frozen=True)
+class NameFilter:
+    """Allow-list then deny-list of regular expressions, matched against the whole name."""
+
+    allow: Annotated[Patterns, Field(description="A name is watched when one of these matches it whole...")] = (
+        re.compile(".*"),)
+    deny: Annotated[Patterns, Field(description="... and none of these does.")] = ()
+
+    def __call__(self, name: str) -> bool:
+        return any(p.fullmatch(name) for p in self.allow) and not any(p.fullmatch(name) for p in self.deny)
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    tls_cert_file: Annotated[str | None, Field(min_length=1, description=(
+        "PEM certificate: HTTPS instead of HTTP (with tls_key_file).")) ] = None
+    tls_key_file: Annotated[str | None, Field(min_length=1, description="PEM key of tls_cert_file.")] = None
+    tls_key_password: Annotated[str | None, Field(description="Password of an encrypted tls_key_file."),
+                                Secret(inline=False)] = field(default=None, repr=False)
+    basic_auth_users: Annotated[Mapping[str, Annotated[str, Field(pattern=_BCRYPT_HASH, description=(
+        "a bcrypt hash ($2a$, $2b$ or $2y$) of cost 04 to 16 (each step doubles the time a login takes)"))]],
+        Field(description="user name -> bcrypt hash of the password")] = field(default_factory=dict, repr=False)
+
+    def settle(self, given: Mapping[str, Any], path: str, source: str) -> WebSettings:
+        refuse_half_pair(given, path, source, cert="tls_cert_file", key="tls_key_file")
+        return self
+
+
+@config_section("exporter", "The exporter's own settings.",
+                environment={"TREEWATCH_LISTEN_ADDRESS": ("listen_address",)})
+@dataclass(frozen=True)
+class ExporterSettings:
+    listen_address: Annotated[str, Field(pattern=_LISTEN_ADDRESS, description=(
+        "host:port, [ipv6]:port, or :port for every address (port 0 to 65535)"))] = DEFAULT_LISTEN_ADDRESS
+    refresh_interval_seconds: Annotated[float, Field(ge=0.1, le=3600, description=(
+        "How often Kafka and the services are asked; a scrape only renders the latest answers."))] = 15.0
+    stale_grace_seconds: Annotated[float, Field(ge=0, le=86400, description=(
+        "How long series of a failing collector keep their last values before they disappear."))] = 120.0
+    max_series: Annotated[int, Field(ge=1, le=10_000_000, description=(
+        "Most series one refresh may produce; the rest are dropped and counted in treewatch_series_dropped."))] = (
+        200_000)
+    committed_offsets_concurrency: Annotated[int, Field(ge=1, le=64, description=(
+        "Consumer groups whose committed offsets are fetched at the same time."))] = 8
+    health_timeout_seconds: Annotated[float, Field(gt=0, le=300, description=(
+        "How long one health probe may take."))] = 5.0
+    health_max_body_bytes: Annotated[int, Field(ge=64, le=16_777_216, description=(
+        "Largest health response read; a larger one counts as a failed probe."))] = 65_536
+    max_connections: Annotated[int, Field(ge=1, le=4096, description=(
+        "Connections the endpoint serves at once (one thread each); one more is answered 503 at once."))] = 64
+    groups: Annotated[NameFilter, Field(description="Consumer groups to watch.")] = NameFilter()
+    topics: Annotated[NameFilter, Field(description=(
+        "Topics to watch; Kafka's internal topics say nothing about the pipeline."))] = NameFilter(
+        deny=(re.compile("__.*"),))
+    web: Annotated[WebSettings, Field(description="The exporter's own endpoint: TLS and basic auth.")] = (
+        WebSettings())
+
+    @property
+    def listen_host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen_address.rpartition(":")
+        return host.removeprefix("[").removesuffix("]"), int(port)
+
+    def settle(self, given: Mapping[str, Any], path: str, source: str) -> ExporterSettings:
+        """What the schema's pattern cannot say: a bracketed host is an IPv6 address."""
+        host, _ = self.listen_host_port
+        if self.listen_address.startswith("["):
+            try:
+                ipaddress.IPv6Address(host)
+            except ValueError:
+                raise ConfigError(f"{source}: {path}.listen_address: {host!r} is not an IPv6 address") from None
+        return self
