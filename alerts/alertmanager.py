@@ -139,6 +139,9 @@ def inhibit_rules() -> list[dict[str, Any]]:
          "target_matchers": ['alertname=~"HighConsumerLag|ConsumerLagTooOld"'], "equal": _same("group", "topic")},
         {"source_matchers": ['alertname="DLQOverflow"'], "target_matchers": ['alertname="DLQNewRecords"'],
          "equal": _same("topic")},
+        # The store's page says it is down, and that files are being lost meanwhile.
+        {"source_matchers": ['alertname="IndexStoreDown"'], "target_matchers": ['alertname="StoreUnavailable"'],
+         "equal": _same("job", "service")},
         {"source_matchers": ['alertname="TreewatchExporterDown"'],
          "target_matchers": ['alertname="StageSLIMissing"'], "equal": _same("job")},
         # TreewatchExporterMissing is absent(): it carries no env or cluster (no exporter of the job

@@ -14,14 +14,14 @@ import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field, replace
-from typing import Annotated, Any
+from dataclasses import dataclass, field, fields, replace
+from typing import Annotated, Any, get_args, get_type_hints
 
 from pydantic import Field, WithJsonSchema
 from pydantic.fields import FieldInfo
 
 from alerts.environments import EnvironmentPolicy, environment_policies, environments_schema
-from pipeline.config import ConfigError, NotInFile, config_section
+from pipeline.config import NAME_PATTERN, ConfigError, NotInFile, build_document, config_section
 
 # The dashboards' uids are fixed because every alert's dashboard_url and the dashboards' links to
 # each other name them.
@@ -37,6 +37,9 @@ DLQ_RECORDS_WRITTEN = "stage_topic:kafka_topic_partition_current_offset:increase
 # Prometheus' job of the treewatch exporter: every rule selects the exporter's series by it, and the
 # generated scrape configuration and ServiceMonitor give the exporter's targets this job.
 EXPORTER_JOB = "treewatch"
+# Prometheus' job of the pipeline's services' own /metrics (scraped directly, not through the exporter):
+# the generated scrape configuration gives every configured service's host:port this job and a `service` label.
+SERVICES_JOB = "tree-services"
 
 # A Prometheus duration: "30s", "5m", "1h30m".
 DURATION_PATTERN = "^([0-9]+(ms|[ywdhms]))+$"
@@ -98,6 +101,16 @@ class MonitoringConfig:
         "the alert's short window: 1 failure in 3 events is noise, not a 33 % error rate."))] = 0.1
     high_error_rate_for: Annotated[str, _for("HighErrorRate")] = "5m"
 
+    # -- ingestion speed (the guide's issue 4) ---------------------------------------------------
+    ingestion_target_files: Annotated[int, Field(gt=0, description=(
+        "SlowProjectIngestion (guide, issue 4): a project of this many files must be ingested within "
+        "ingestion_target_seconds; their ratio (0.3 s) is the p95 processing time of one event above which "
+        "it fires. Throughput (1,000 files a minute) is LowThroughput's."))] = 1000
+    ingestion_target_seconds: Annotated[float, Field(gt=0, description=(
+        "SlowProjectIngestion: the seconds a project of ingestion_target_files files may take (the guide: "
+        "under 5 minutes). A speed, not a wait: never time-scaled."))] = 300
+    slow_project_ingestion_for: Annotated[str, _for("SlowProjectIngestion")] = "5m"
+
     # -- the SLO ---------------------------------------------------------------------------------
     slo_objective: Annotated[float, Field(gt=0, lt=1, description=(
         "SLO target: the share of a stage's events that must complete rather than fail."))] = 0.999
@@ -155,6 +168,17 @@ class MonitoringConfig:
     service_degraded_window: Annotated[str, _duration(
         "TreeServiceDegraded's value is the share of this window the service reported itself not healthy")] = "15m"
     tree_service_degraded_for: Annotated[str, _for("TreeServiceDegraded")] = "5m"
+
+    # -- the index stage's stores (the guide's issue 3, "Missing files in search results") --------
+    stores: Annotated[tuple[Annotated[str, Field(pattern=NAME_PATTERN)], ...], Field(description=(
+        "Services (their names under services:) that are the index stage's stores: StoreUnavailable and "
+        "IndexStoreDown watch them and TreeServiceDown leaves them out."))] = ("qdrant", "memgraph")
+    store_stage: Annotated[str, Field(pattern=NAME_PATTERN, description=(
+        "The stage that writes into the stores: IndexStoreDown pages when a store is down while this stage fails "
+        "events (HighErrorRate's error_ratio) or dead-letters them (DLQOverflow's dlq_overflow_records_5m)."))] = (
+        "index")
+    store_unavailable_for: Annotated[str, _for("StoreUnavailable")] = "2m"
+    index_store_down_for: Annotated[str, _for("IndexStoreDown")] = "2m"
 
     # -- the exporter ----------------------------------------------------------------------------
     exporter_scrape_window: Annotated[str, _duration(
@@ -220,6 +244,8 @@ class MonitoringConfig:
     # -- not a deployment's to set ---------------------------------------------------------------
     # The selector of the exporter's series; the generated scrape configuration gives them this job.
     exporter_selector: Annotated[str, NotInFile()] = f'job="{EXPORTER_JOB}"'
+    # The selector of the services' own series (SERVICES_JOB).
+    services_selector: Annotated[str, NotInFile()] = f'job="{SERVICES_JOB}"'
     # DLQOverflow (guide) and DLQNewRecords count the dead letters written in this window (the guide's
     # threshold is per 5 minutes: dlq_overflow_records_5m).
     dlq_window: Annotated[str, NotInFile()] = "5m"
@@ -241,7 +267,14 @@ class MonitoringConfig:
         # alerts.rules builds its alerts from this object, so it is imported only once one exists.
         from alerts.rules import alerts
 
-        known = sorted({alert.name for alert in alerts(self)})
+        for env, policy in self.environments.items():
+            _check_thresholds(policy.thresholds if isinstance(policy, EnvironmentPolicy)
+                              else dict(policy.get("thresholds", {})), f"{path}.environments.{env}.thresholds", source)
+        # The file gives lists; the object holds tuples, like its defaults.
+        settled = replace(self, low_throughput_exempt_stages=tuple(self.low_throughput_exempt_stages),
+                          stores=tuple(self.stores), disabled_alerts=tuple(self.disabled_alerts),
+                          extra_labels=dict(self.extra_labels), environments=environment_policies(self.environments))
+        known = sorted({alert.name for alert in alerts(settled)})
         unknown = [name for name in self.disabled_alerts if name not in known]
         if unknown:
             raise ConfigError(f"{source}: {path}.disabled_alerts: no alert named {', '.join(map(repr, unknown))} "
@@ -250,10 +283,16 @@ class MonitoringConfig:
         if reserved:
             raise ConfigError(f"{source}: {path}.extra_labels: {', '.join(reserved)} is the rules' own label; "
                               f"choose another name")
-        # The file gives lists; the object holds tuples, like its defaults.
-        return replace(self, low_throughput_exempt_stages=tuple(self.low_throughput_exempt_stages),
-                       disabled_alerts=tuple(self.disabled_alerts), extra_labels=dict(self.extra_labels),
-                       environments=environment_policies(self.environments))
+        return settled
+
+    def for_environment(self, env: str) -> MonitoringConfig:
+        """This configuration with the thresholds and `for` durations ``env`` sets otherwise."""
+        return replace(self, **self.environments[env].thresholds)
+
+    @property
+    def threshold_environments(self) -> tuple[str, ...]:
+        """The environments that set a threshold or `for` duration of their own."""
+        return tuple(sorted(env for env, policy in self.environments.items() if policy.thresholds))
 
     @property
     def time_scaled(self) -> bool:
@@ -269,6 +308,11 @@ class MonitoringConfig:
     def seconds(self, value: float) -> float:
         """A threshold counted in seconds, multiplied by ``time_scale``."""
         return value * self.time_scale if self.time_scaled else value
+
+    @property
+    def ingestion_seconds_per_file(self) -> float:
+        """SlowProjectIngestion's threshold: the p95 seconds one file's event may take."""
+        return self.ingestion_target_seconds / self.ingestion_target_files
 
     @property
     def runbook_base_url(self) -> str:
@@ -338,3 +382,22 @@ def building_for(config: MonitoringConfig) -> Iterator[MonitoringConfig]:
 def current_values() -> MonitoringConfig:
     """The monitoring values of the build in progress (building_for), the defaults outside one."""
     return _BUILDING_FOR.get()
+
+
+def overridable_fields() -> tuple[str, ...]:
+    """The monitoring fields an environment may set otherwise: thresholds (numbers) and `for` durations."""
+    hints = get_type_hints(MonitoringConfig, include_extras=True)
+    return tuple(item.name for item in fields(MonitoringConfig)
+                 if not any(isinstance(mark, NotInFile) for mark in getattr(hints[item.name], "__metadata__", ()))
+                 and (item.name.endswith("_for") or get_args(hints[item.name])[:1] in ((int,), (float,))))
+
+
+def _check_thresholds(thresholds: Mapping[str, Any], where: str, source: str) -> None:
+    """An environment's thresholds name overridable fields and pass the checks the fields themselves
+    have (the same messages as in the monitoring section)."""
+    allowed = overridable_fields()
+    unknown = sorted(set(thresholds) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{source}: {where}.{unknown[0]}: not a threshold or `for` duration of the monitoring "
+                          f"section (expected one of: {', '.join(allowed)})")
+    build_document(MonitoringConfig, dict(thresholds), source, where)

@@ -81,7 +81,7 @@ def deployment_files(deployment: Deployment) -> dict[str, str]:
     target = deployment.exporter_target or exporter_target(config.exporter)
     files[PROMETHEUS_FILE] = _yaml(prometheus_config(
         monitoring, config.exporter, target=target, env=config.env, cluster=deployment.cluster_label,
-        rule_file=_relative(RULES_PATH, PROMETHEUS_FILE)), notice)
+        rule_file=_relative(RULES_PATH, PROMETHEUS_FILE), services=config.services), notice)
     for name, content in rule_tests.test_files(monitoring, _relative(RULES_PATH, f"{TESTS_DIR}/x")).items():
         files[f"{TESTS_DIR}/{name}"] = _yaml(content, notice)
     namespace, labels = deployment.namespace, deployment.kubernetes_labels

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Annotated, Any, get_type_hints
 
 from pydantic import Field, TypeAdapter
@@ -44,6 +44,10 @@ class EnvironmentPolicy:
 
     pages: Annotated[bool, Field(description=(
         "false: what would page on-call (severity critical) goes to the warnings channel instead"))] = True
+    thresholds: Annotated[Mapping[str, float | str], Field(description=(
+        "monitoring fields this environment sets otherwise: thresholds and `for` durations, e.g. "
+        "consumer_lag_records: 50000 or high_consumer_lag_for: 15m; each alert they change is generated once "
+        "for this environment and once for the others"))] = field(default_factory=dict)
 
 
 # An env label value as the monitoring section names it (the pipeline's own `env` pattern).
@@ -57,7 +61,8 @@ def environments_schema(description: str) -> dict[str, Any]:
     policy = {
         "type": "object",
         "additionalProperties": False,
-        "properties": {item.name: {**TypeAdapter(hints[item.name]).json_schema(), "default": item.default}
+        "properties": {item.name: {**TypeAdapter(hints[item.name]).json_schema(),
+                                   **({"default": item.default} if isinstance(item.default, bool) else {})}
                        for item in fields(EnvironmentPolicy)},
     }
     return {"description": description, "type": "object", "propertyNames": {"pattern": ENV_NAME_PATTERN},
@@ -67,8 +72,24 @@ def environments_schema(description: str) -> dict[str, Any]:
 def environment_policies(given: Mapping[str, EnvironmentPolicy | Mapping[str, Any]]) -> dict[str, EnvironmentPolicy]:
     """``environments`` as the configuration file gives it (env -> fields) or as code does (env ->
     EnvironmentPolicy), as policies."""
-    return {env: policy if isinstance(policy, EnvironmentPolicy) else EnvironmentPolicy(**policy)
+    return {env: policy if isinstance(policy, EnvironmentPolicy)
+            else EnvironmentPolicy(**{**policy, "thresholds": dict(policy.get("thresholds", {}))})
             for env, policy in given.items()}
+
+
+def _environments_vector(envs: Iterable[str]) -> str:
+    """A PromQL vector with one element per environment, labelled env="<name>" (and nothing else)."""
+    return " or ".join(f'label_replace(vector(1), "{ENV_LABEL}", {json.dumps(env)}, "", "")' for env in envs)
+
+
+def only_in(expr: str, envs: Iterable[str]) -> str:
+    """``expr`` keeping only the series of these environments."""
+    return f"({expr}) and on ({ENV_LABEL}) ({_environments_vector(envs)})"
+
+
+def except_in(expr: str, envs: Iterable[str]) -> str:
+    """``expr`` without the series of these environments (series without an env label stay)."""
+    return f"({expr}) unless on ({ENV_LABEL}) ({_environments_vector(envs)})"
 
 
 @dataclass(frozen=True)

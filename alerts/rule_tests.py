@@ -20,13 +20,13 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from alerts.config import CONFIG, EXPORTER_JOB, MonitoringConfig, parse_duration
+from alerts.config import CONFIG, EXPORTER_JOB, SERVICES_JOB, MonitoringConfig, parse_duration
 from alerts.environments import CLUSTER_LABEL, ENV_LABEL
 from alerts.generate import rule_file
 
@@ -39,6 +39,8 @@ GROUP = "tree-discovery-group"
 STAGE = "discover"
 TOPIC = "prod.archon-intelligence.tree.discover.v1"
 DLQ_TOPIC = f"{TOPIC}.dlq"
+# Where a shared rule is tested when some environments have thresholds of their own: none of theirs.
+SHARED_ENV = "an-environment-without-thresholds-of-its-own"
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,50 @@ _STALLED = "kafka_consumer_group_committed_offset_change_timestamp_seconds"
 _DLQ_OLDEST = "tree_dlq_oldest_record_timestamp_seconds"
 _PARTITION = {"group": GROUP, "topic": TOPIC, "partition": "0"}
 _BRIDGE = {"service": "bridge"}
+_INTELLIGENCE = {ENV_LABEL: ENV, CLUSTER_LABEL: CLUSTER, "job": SERVICES_JOB, "service": "intelligence"}
+
+
+def _processing_time(upper: Callable[[MonitoringConfig], float]) -> Inputs:
+    """The intelligence service's own histogram (scraped from it, job SERVICES_JOB), every event taking
+    more than the per-file budget but at most ``upper(config)`` seconds; at the budget, none is slower."""
+    def series(config: MonitoringConfig, n: int) -> list[Series]:
+        labels = {**_INTELLIGENCE, "instance": "intelligence:8053"}
+        budget, bound = config.ingestion_seconds_per_file, upper(config)
+        # 60 events a minute, all at most `bound` seconds; within the budget only when `bound` is the budget.
+        buckets = {_number(budget): "0+60" if bound <= budget else "0", _number(bound): "0+60", "+Inf": "0+60"}
+        return [Series("tree_event_processing_seconds_bucket", {**labels, "le": le}, f"{values}x{n}")
+                for le, values in buckets.items()]
+    return series
+
+
+def _store_probe(success: int) -> Inputs:
+    """The first of the stores' probes, failing (0) or good (1) throughout."""
+    return lambda config, n: _constant("tree_service_probe_success", success, service=config.stores[0])(config, n)
+
+
+def _store_stage(failing: bool) -> Inputs:
+    """The stage writing into the stores: every event failed and dead-lettered, far past both
+    thresholds IndexStoreDown reads (error ratio 1, 5 x the DLQ threshold in 5 minutes); or none."""
+    def series(config: MonitoringConfig, n: int) -> list[Series]:
+        stage = config.store_stage
+        dlq = f"{stage}.dlq"
+        per_minute = max(120, math.ceil(config.error_ratio_min_events_per_second * 60 * 2))
+        dead_per_minute = max(config.dlq_overflow_records_5m, 1) if failing else 0
+        return [
+            Series("tree_pipeline_stage_info", _target(stage=stage, group=f"{stage}-group",
+                                                        request_topic=f"{stage}.requests", dlq_topic=dlq), f"1x{n}"),
+            Series("tree_events_processed_total", _target(stage=stage, status="failed"),
+                   f"0+{per_minute if failing else 0}x{n}"),
+            Series("tree_events_processed_total", _target(stage=stage, status="completed"),
+                   f"0+{0 if failing else per_minute}x{n}"),
+            Series(_OFFSETS, _target(topic=dlq, partition="0"), f"1000+{dead_per_minute}x{n}"),
+        ]
+    return series
+
+
+def _store_labels(config: MonitoringConfig) -> Mapping[str, str]:
+    return _target(service=config.stores[0])
+
 
 THRESHOLD_CASES: dict[str, ThresholdCase] = {
     "HighConsumerLag": ThresholdCase(
@@ -239,6 +285,10 @@ THRESHOLD_CASES: dict[str, ThresholdCase] = {
         _constant("tree_service_status", 1, status="degraded", **_BRIDGE),
         _constant("tree_service_status", 0, status="degraded", **_BRIDGE),
         _labels(**_target(status="degraded", **_BRIDGE))),
+    "StoreUnavailable": ThresholdCase(_store_probe(0), _store_probe(1), _store_labels),
+    "IndexStoreDown": ThresholdCase(
+        _all(_store_probe(0), _store_stage(failing=True)), _all(_store_probe(0), _store_stage(failing=False)),
+        _store_labels, holds_from=EVALUATION_INTERVAL),
     "TreewatchExporterDown": ThresholdCase(_constant("up", 0), _constant("up", 1), _labels(**_target())),
     "TreewatchExporterMissing": ThresholdCase(
         lambda c, n: [Series("up", {"job": "another-job", "instance": "x:1"}, f"1x{n}")],
@@ -252,10 +302,27 @@ THRESHOLD_CASES: dict[str, ThresholdCase] = {
         _all(_constant(_COLLECTOR_SUCCESS, 1, collector="services"),
              _age(_LAST_SUCCESS, lambda c: c.data_stale_seconds, 0, collector="services")),
         _labels(**_target(collector="services"))),
+    "SlowProjectIngestion": ThresholdCase(
+        _processing_time(lambda c: 2 * c.ingestion_seconds_per_file),
+        _processing_time(lambda c: c.ingestion_seconds_per_file),
+        _labels(**_INTELLIGENCE), holds_from=EVALUATION_INTERVAL),
 }
 
 
 # -- the test files -------------------------------------------------------------------------------
+
+def _in_environment(case: ThresholdCase, env: str, values: MonitoringConfig) -> ThresholdCase:
+    """``case`` with the thresholds of ``values`` and every input series in environment ``env``."""
+    def inputs(make: Inputs) -> Inputs:
+        return lambda _, n: [replace(series, labels={**series.labels, ENV_LABEL: env}) for series in make(values, n)]
+    return replace(case, firing=inputs(case.firing), quiet=inputs(case.quiet),
+                   labels=lambda _: _relabelled(case.labels(values), env))
+
+
+def _relabelled(labels: Mapping[str, str], env: str) -> dict[str, str]:
+    # An alert with no env label (TreewatchExporterMissing's absent()) keeps having none.
+    return {**labels, ENV_LABEL: env} if ENV_LABEL in labels else dict(labels)
+
 
 def _alert_rules(rules: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [rule for group in rules["groups"] for rule in group["rules"] if "alert" in rule]
@@ -277,6 +344,13 @@ def threshold_tests(config: MonitoringConfig) -> list[dict[str, Any]]:
         case = THRESHOLD_CASES.get(rule["alert"])
         if case is None:
             continue
+        # An environment's own copy of an alert (alerts.rules.rule_groups) is tested on its series with
+        # its thresholds, the shared rule on the series of an environment without thresholds of its own.
+        env = rule["labels"].get(ENV_LABEL)
+        if env in config.threshold_environments:
+            case = _in_environment(case, env, config.for_environment(env))
+        elif config.threshold_environments:
+            case = _in_environment(case, SHARED_ENV, config)
         hold = parse_duration(rule.get("for", "0s"))
         fires_at = case.holds_from + math.ceil(hold / EVALUATION_INTERVAL) * EVALUATION_INTERVAL
         samples = fires_at // EVALUATION_INTERVAL + 3

@@ -16,7 +16,7 @@ exporter replicas scrape the same Kafka and report the same numbers, so the rule
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from alerts.config import (
@@ -28,7 +28,8 @@ from alerts.config import (
     MonitoringConfig,
     error_ratio_rule,
 )
-from alerts.environments import keeping_environment
+from alerts.environments import ENV_LABEL, except_in, keeping_environment, only_in
+from exporter.metrics import TREE_EVENT_PROCESSING_SECONDS
 
 SEVERITIES = ("critical", "warning", "info")
 
@@ -393,16 +394,26 @@ def dlq_alerts(config: MonitoringConfig) -> RuleGroup:
     ))
 
 
+def _store_names(config: MonitoringConfig) -> str:
+    """The stores' service names as one regular expression (an empty one matches no service)."""
+    return "|".join(config.stores)
+
+
+def _probe_down(config: MonitoringConfig, selector: str) -> str:
+    """Services whose last probe failed, valued by the share of good probes over the probe window, so a
+    flapping service reads differently from a dead one."""
+    probe = f"tree_service_probe_success{{{selector}}}"
+    return f"avg_over_time({probe}[{config.duration(config.service_probe_window)}]) and {probe} == 0"
+
+
 def service_alerts(config: MonitoringConfig) -> RuleGroup:
     job = config.exporter_selector
     not_healthy = f'tree_service_status{{{job}, status=~"degraded|unhealthy"}}'
     return RuleGroup("treewatch.services", (
         Alert(
             "TreeServiceDown",
-            # The value is the share of good probes, so a flapping service reads differently
-            # from a dead one.
-            f"avg_over_time(tree_service_probe_success{{{job}}}[{config.duration(config.service_probe_window)}])"
-            f" and tree_service_probe_success{{{job}}} == 0",
+            # The stores have their own alerts (store_alerts).
+            _probe_down(config, f'{job}, service!~"{_store_names(config)}"'),
             config.tree_service_down_for, "critical",
             "A tree stamping service is down",
             "Service {{ $labels.service }} does not answer its health check;"
@@ -417,6 +428,63 @@ def service_alerts(config: MonitoringConfig) -> RuleGroup:
             "A tree stamping service reports itself degraded",
             "Service {{ $labels.service }} reports status {{ $labels.status }}; it did for"
             f" {{{{ $value | humanizePercentage }}}} of the last {config.duration(config.service_degraded_window)}.",
+            OVERVIEW_DASHBOARD_UID,
+        ),
+    ))
+
+
+def store_alerts(config: MonitoringConfig) -> RuleGroup:
+    """The index stage's stores (the guide's issue 3): a store that is down is a warning while indexing
+    copes (retries, a replica), and pages once the stage that writes into it fails or dead-letters
+    events, which is files going missing from search. Alertmanager's inhibition mutes the warning of
+    a store that pages."""
+    job = config.exporter_selector
+    down = _probe_down(config, f'{job}, service=~"{_store_names(config)}"')
+    stage = f'stage="{config.store_stage}"'
+    failing = (f"{error_ratio_rule('5m')}{{{stage}}} > {_num(config.error_ratio)}"
+               f" or {DLQ_RECORDS_WRITTEN}{{{stage}}} > {config.dlq_overflow_records_5m}")
+    window = config.duration(config.service_probe_window)
+    return RuleGroup("treewatch.stores", (
+        Alert(
+            "StoreUnavailable",
+            down,
+            config.store_unavailable_for, "warning",
+            "A store of the index stage is unavailable",
+            "Store {{ $labels.service }} does not answer its probe; {{ $value | humanizePercentage }} of its"
+            f" probes succeeded over the last {window}. Stage {config.store_stage} cannot write into it"
+            " until it is back.",
+            OVERVIEW_DASHBOARD_UID,
+        ),
+        Alert(
+            "IndexStoreDown",
+            f"({down}) and on ({keeping_environment('job')}) ({failing})",
+            config.index_store_down_for, "critical",
+            "A store is down while the index stage fails",
+            "Store {{ $labels.service }} does not answer its probe ({{ $value | humanizePercentage }} of its"
+            f" probes succeeded over the last {window}) while stage {config.store_stage} fails or"
+            " dead-letters its events: files are going missing from search.",
+            OVERVIEW_DASHBOARD_UID,
+        ),
+    ))
+
+
+def ingestion_alerts(config: MonitoringConfig) -> RuleGroup:
+    """The guide's issue 4, "Slow project ingestion", from the services' own metrics: Prometheus scrapes
+    them directly (job SERVICES_JOB), so they carry a ``service`` label and no ``instance`` of the exporter."""
+    window = config.duration("5m")
+    buckets = f"rate({TREE_EVENT_PROCESSING_SECONDS.name}_bucket{{{config.services_selector}}}[{window}])"
+    budget = _num(config.ingestion_seconds_per_file)
+    return RuleGroup("treewatch.ingestion", (
+        Alert(
+            "SlowProjectIngestion",
+            # Summed over the service's replicas (instance), by bucket, before the quantile is taken.
+            f"histogram_quantile(0.95, sum by ({keeping_environment('job', 'service', 'le')}) ({buckets}))"
+            f" > {budget}",
+            config.slow_project_ingestion_for, "warning",
+            "Project ingestion is slower than the guide's target",
+            "Service {{ $labels.service }} takes {{ $value | humanizeDuration }} per event at the 95th"
+            f" percentile over {window}: above {budget}s, a project of {config.ingestion_target_files} files"
+            f" takes longer than {_num(config.ingestion_target_seconds)}s.",
             OVERVIEW_DASHBOARD_UID,
         ),
     ))
@@ -487,6 +555,29 @@ def meta_alerts(config: MonitoringConfig) -> RuleGroup:
 
 
 def rule_groups(config: MonitoringConfig) -> tuple[RuleGroup, ...]:
+    """Every rule group; an alert that an environment's own thresholds change is there twice: as
+    that environment's (only its series), and as everyone else's (all series but that environment's)."""
+    shared = _rule_groups(config)
+    if not config.threshold_environments:
+        return shared
+    own = {env: _rule_groups(config.for_environment(env)) for env in config.threshold_environments}
+    groups = []
+    for index, group in enumerate(shared):
+        # Recording rules never differ: no threshold or `for` duration feeds one (tested).
+        changed_by = [[env for env in own if own[env][index].rules[position] != rule]
+                      for position, rule in enumerate(group.rules)]
+        groups.append(replace(group, rules=tuple(replace(rule, expr=except_in(rule.expr, envs)) if envs else rule
+                                                 for rule, envs in zip(group.rules, changed_by, strict=True))))
+        for env, env_groups in own.items():
+            # The env label also tells the copy apart from the shared rule (promtool lints identical ones).
+            changed = tuple(replace(rule, expr=only_in(rule.expr, [env]), labels={**rule.labels, ENV_LABEL: env})
+                            for rule, envs in zip(env_groups[index].rules, changed_by, strict=True) if env in envs)
+            if changed:
+                groups.append(replace(group, name=f"{group.name}.{ENV_LABEL}-{env}", rules=changed))
+    return tuple(groups)
+
+
+def _rule_groups(config: MonitoringConfig) -> tuple[RuleGroup, ...]:
     return (
         recording_rules(config),
         slo_budget_rules(config),
@@ -496,6 +587,8 @@ def rule_groups(config: MonitoringConfig) -> tuple[RuleGroup, ...]:
         consumer_group_alerts(config),
         dlq_alerts(config),
         service_alerts(config),
+        store_alerts(config),
+        ingestion_alerts(config),
         meta_alerts(config),
     )
 

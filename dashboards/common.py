@@ -83,6 +83,13 @@ def sel(metric: str, matchers: str = "") -> str:
     return _exporter_sel(metric, ", ".join(filter(None, [ENVIRONMENT_MATCHERS, matchers])))
 
 
+def services_sel(metric: str, matchers: str = "") -> str:
+    """``metric`` restricted to the pipeline services' own series (Prometheus scrapes their /metrics
+    directly: the selector SlowProjectIngestion uses) of the selected environments and clusters."""
+    extra = ", ".join(filter(None, [ENVIRONMENT_MATCHERS, matchers]))
+    return f"{metric}{{{CONFIG.services_selector}, {extra}}}"
+
+
 def _exporter_sel(metric: str, matchers: str = "") -> str:
     extra = f", {matchers}" if matchers else ""
     return f"{metric}{{{CONFIG.exporter_selector}{extra}}}"

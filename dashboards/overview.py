@@ -1,5 +1,5 @@
 """Tree Stamping: Overview — the first screen on call: the alerts firing now, services, Kafka, the
-three stages, consumer lag, dead letter queues and the exporter's own health, with the alert
+three stages, ingestion speed, consumer lag, dead letter queues and the exporter's own health, with the alert
 thresholds drawn in.
 
 Each threshold panel computes what its alert computes (the same recording rule where the alert
@@ -10,7 +10,7 @@ from __future__ import annotations
 from alerts.config import STAGE_PROCESSED_RATE, error_ratio_rule
 from dashboards import common as c
 from dashboards.common import CONFIG, GREEN, ORANGE, RED
-from exporter.metrics import SERVICE_STATES
+from exporter.metrics import SERVICE_STATES, STAMPING_LATENCY_MS_P95, TREE_EVENT_PROCESSING_SECONDS
 
 PROCESSED = c.sel("tree_events_processed_total")
 PROCESSED_RATE = f"rate({PROCESSED}[$__rate_interval])"
@@ -157,6 +157,36 @@ def stages(layout: c.Layout) -> None:
         unit="short"), w=8)
 
 
+def ingestion_speed(layout: c.Layout) -> None:
+    """The guide's issue 4, "Slow project ingestion": the services' own numbers it reads."""
+    layout.row("Ingestion speed")
+    buckets = c.services_sel(f"{TREE_EVENT_PROCESSING_SECONDS.name}_bucket")
+    by_bucket = f"sum by ({c.by('service', 'le')}) (rate({buckets}[$__rate_interval]))"
+    budget = CONFIG.ingestion_seconds_per_file
+    layout.add(c.timeseries(
+        "Event processing time (p50, p95)",
+        "Seconds the intelligence service takes per event, from its own tree_event_processing_seconds "
+        f"histogram. SlowProjectIngestion fires while p95 stays above the line ({budget:g} s: "
+        f"{CONFIG.ingestion_target_files:,} files in {CONFIG.ingestion_target_seconds:g} s).",
+        [c.target(f"histogram_quantile(0.5, {by_bucket})", "{{service}} p50"),
+         c.target(f"histogram_quantile(0.95, {by_bucket})", "{{service}} p95", ref_id="B")],
+        unit="s", thresholds=c.above(budget), links=c.runbooks("SlowProjectIngestion")), w=8)
+    stamping = c.services_sel(STAMPING_LATENCY_MS_P95.name)
+    layout.add(c.timeseries(
+        "Stamping latency p95",
+        "The 95th percentile of metadata-stamping's recent stampings, as it reports it "
+        "(stamping_latency_ms_p95): the downstream latency the guide checks when ingestion is slow.",
+        [c.target(f"max by ({c.by('service')}) ({stamping})", "{{service}}")], unit="ms",
+        links=c.runbooks("SlowProjectIngestion")), w=8)
+    layout.add(c.timeseries(
+        "Cache hit rate",
+        "The hit_rate each service's /cache/metrics answered (tree_service_cache_hit_ratio); a cold cache "
+        "makes every event slower: warm it before a big ingestion. No line while the read fails "
+        "(tree_service_cache_metrics_failure says why).",
+        [c.target(c.one_replica(c.sel("tree_service_cache_hit_ratio")), "{{service}}")], unit="percentunit",
+        links=c.runbooks("SlowProjectIngestion")), w=8)
+
+
 def consumer_lag(layout: c.Layout) -> None:
     layout.row("Consumer lag")
     lag = c.sel("kafka_consumer_group_lag")
@@ -259,6 +289,7 @@ def build() -> c.Dashboard:
     services(layout)
     kafka(layout)
     stages(layout)
+    ingestion_speed(layout)
     consumer_lag(layout)
     dead_letters(layout)
     exporter_health(layout)

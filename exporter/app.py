@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import ssl
 import threading
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -14,9 +13,11 @@ from confluent_kafka import KafkaError, KafkaException
 from exporter.kafka_source import KafkaSource
 from exporter.refresh import Refresher, Source, default_build_info
 from exporter.render import Renderer
-from exporter.server import Endpoints, ExporterHTTPServer, Limits, landing_page
+from exporter.server import DEFAULT_METRICS_PATH, RESERVED_PATHS, Endpoints, ExporterHTTPServer, Limits, landing_page
 from exporter.services_source import ServicesSource
-from exporter.web import Authorizer, authorizer, tls_context
+from exporter.settings import WebSettings, split_listen_address
+from exporter.web import EndpointSecurity, endpoint_security
+from exporter.web_config import load_web_security
 from pipeline.config import Config, ConfigError
 from pipeline.health import redact_url
 from pipeline.kafka import admin_client
@@ -25,15 +26,26 @@ from pipeline.tls import check_client_files
 log = logging.getLogger("treewatch.exporter")
 
 
+@dataclass(frozen=True)
+class WebFlags:
+    """The flags of ``treewatch exporter`` that every official Prometheus exporter has (exporter-toolkit's),
+    each over the configuration file."""
+
+    config_file: str | None = None  # --web.config.file: TLS and basic auth, instead of exporter.web
+    listen_address: str | None = None  # --web.listen-address: over exporter.listen_address
+    telemetry_path: str = DEFAULT_METRICS_PATH  # --web.telemetry-path
+
+
 @dataclass
 class Exporter:
     config: Config
     refresher: Refresher
     server: ExporterHTTPServer
+    metrics_path: str = DEFAULT_METRICS_PATH
 
     @property
     def url(self) -> str:
-        scheme = "https" if self.config.exporter.web.tls_cert_file else "http"
+        scheme = "https" if self.server.tls_context is not None else "http"
         return f"{scheme}://127.0.0.1:{self.server.port}"
 
     def start(self) -> Exporter:
@@ -54,14 +66,21 @@ def build_sources(config: Config) -> list[Source]:
     return sources
 
 
-def load_security(config: Config) -> tuple[Authorizer | None, ssl.SSLContext | None]:
-    """The exporter's basic-auth check and TLS context, and the Kafka client's TLS files, loaded now:
-    a bad hash, file, key or password is refused here, named, before any socket or thread exists."""
+def load_security(config: Config, web_config_file: str | None = None) -> EndpointSecurity:
+    """The endpoint's security (from ``exporter.web``, or from exporter-toolkit's web config file when
+    one is given), and the Kafka client's TLS files, loaded now: a bad hash, file, key or password is
+    refused here, named, before any socket or thread exists."""
     try:
         check_client_files(config.kafka.tls)
-        return authorizer(config.exporter.web), tls_context(config.exporter.web)
+        if web_config_file is None:
+            return endpoint_security(config.exporter.web)
     except ConfigError as error:
         raise ConfigError(f"{config.source}: {error}") from None
+    if config.exporter.web != WebSettings():
+        raise ConfigError(f"--web.config.file {web_config_file} and {config.source}: exporter.web both configure "
+                          f"the exporter's TLS and basic auth; keep one (the web config file can say all "
+                          f"exporter.web says)")
+    return load_web_security(web_config_file)
 
 
 def check_startable(config: Config) -> None:
@@ -80,10 +99,21 @@ def _refused_by_librdkafka(config: Config, error: KafkaException) -> ConfigError
     return ConfigError(f"{config.source}: kafka: librdkafka refuses the client settings: {' '.join(reason.split())}")
 
 
-def build_exporter(config: Config, *, port: int | None = None) -> Exporter:
-    """An exporter for ``config``, not yet started; ``port`` overrides the configured one (0: any)."""
+def build_exporter(config: Config, *, port: int | None = None, web: WebFlags = WebFlags()) -> Exporter:
+    """An exporter for ``config`` and the command line's ``web`` flags, not yet started; ``port``
+    overrides the configured one (0: any)."""
     settings = config.exporter
-    authorize, tls = load_security(config)
+    metrics_path = _checked_telemetry_path(web.telemetry_path)
+    if web.listen_address is None:
+        listen_address, where = settings.listen_address, f"{config.source}: exporter.listen_address"
+        host, configured_port = settings.listen_host_port
+    else:
+        listen_address, where = web.listen_address, "--web.listen-address"
+        try:
+            host, configured_port = split_listen_address(web.listen_address)
+        except ValueError as error:
+            raise ConfigError(f"{where}: {error}") from None
+    security = load_security(config, web.config_file)
     try:
         sources = build_sources(config)
     except KafkaException as error:
@@ -100,18 +130,27 @@ def build_exporter(config: Config, *, port: int | None = None) -> Exporter:
     endpoints = Endpoints(
         renderer=renderer,
         ready=lambda: refresher.ready,
-        landing_page=lambda: landing_page("treewatch exporter", _landing_rows(config, refresher)),
+        landing_page=lambda: landing_page("treewatch exporter", _landing_rows(config, refresher), metrics_path),
+        metrics_path=metrics_path,
     )
-    host, configured_port = settings.listen_host_port
     address = (host, configured_port if port is None else port)
     try:
-        server = ExporterHTTPServer(address, endpoints, authorize=authorize, tls_context=tls,
+        server = ExporterHTTPServer(address, endpoints, authorize=security.authorize,
+                                    tls_context=security.tls_context, headers=security.headers,
                                     limits=Limits(max_connections=settings.max_connections))
     except OSError as error:
         refresher.stop()  # closes the Kafka clients the sources already opened
-        raise ConfigError(f"{config.source}: exporter.listen_address: cannot listen on "
-                          f"{settings.listen_address if port is None else address}: {error.strerror}") from None
-    return Exporter(config, refresher, server)
+        raise ConfigError(f"{where}: cannot listen on {listen_address if port is None else address}: "
+                          f"{error.strerror}") from None
+    return Exporter(config, refresher, server, metrics_path)
+
+
+def _checked_telemetry_path(path: str) -> str:
+    if not path.startswith("/") or path in RESERVED_PATHS or any(c in path for c in "?#") or \
+            any(c.isspace() or not c.isprintable() for c in path):
+        raise ConfigError(f"--web.telemetry-path: expected a path starting with / other than "
+                          f"{', '.join(RESERVED_PATHS)} (no query, no spaces), got {path!r}")
+    return path
 
 
 def _landing_rows(config: Config, refresher: Refresher) -> list[tuple[str, str]]:
@@ -126,14 +165,15 @@ def _landing_rows(config: Config, refresher: Refresher) -> list[tuple[str, str]]
     return rows
 
 
-def run_exporter(config: Config) -> None:
+def run_exporter(config: Config, web: WebFlags = WebFlags()) -> None:
     """Serve until SIGTERM or SIGINT, then stop every thread cleanly."""
     stop = threading.Event()
     # Handlers first: a SIGTERM that arrives while starting still ends in a clean stop.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    exporter = build_exporter(config).start()
-    log.info("serving %s/metrics (refresh every %ss)", exporter.url, config.exporter.refresh_interval_seconds)
+    exporter = build_exporter(config, web=web).start()
+    log.info("serving %s%s (refresh every %ss)", exporter.url, exporter.metrics_path,
+             config.exporter.refresh_interval_seconds)
     stop.wait()
     log.info("shutting down")
     exporter.stop()

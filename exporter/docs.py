@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from exporter.metrics import METRICS, Part
+from exporter.metrics import METRICS, SERVICES_OWN_METRICS, Part
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
 
@@ -49,6 +49,15 @@ def render_markdown() -> str:
             labels = ", ".join(f"`{label}`" for label in metric.labels) or "—"
             lines.append(f"| `{metric.name}` | {metric.kind.value} | {labels} | {_cell(metric.help)} |")
         lines.append("")
+    lines += ["## The services' own metrics", "",
+              "Not treewatch's: the pipeline's services expose these on their own `/metrics`, which Prometheus "
+              "scrapes directly (job `tree-services`, one target per service with a `service` label; "
+              "`treewatch generate` writes the job). SlowProjectIngestion and the Overview dashboard's "
+              "ingestion panels read them.", "",
+              "| metric | type | exposed by | meaning |", "|---|---|---|---|"]
+    lines += [f"| `{metric.name}` | {metric.kind} | {metric.service} | {_cell(metric.help)} |"
+              for metric in SERVICES_OWN_METRICS]
+    lines.append("")
     return "\n".join(lines)
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple
 
+from pipeline.cache_metrics import FAILURE_REASONS as CACHE_FAILURE_REASONS
 from pipeline.events import MAX_ERROR_TYPE_CHARS, TRUNCATED_MARKER
 from pipeline.health import FAILURE_REASONS as PROBE_FAILURE_REASONS
 from pipeline.health import STATES as SERVICE_STATES
@@ -214,7 +215,8 @@ TREE_DLQ_RETAINED_RECORDS_BY_ERROR_TYPE = MetricDef(
 # -- services -------------------------------------------------------------------------------
 TREE_SERVICE_PROBE_SUCCESS = MetricDef(
     "tree_service_probe_success", Kind.GAUGE, ("service",), Part.SERVICES,
-    "1 when the last GET of the service's health URL answered with a readable status.")
+    "1 when the last probe of the service succeeded as its kind says: a readable JSON status (json_status), "
+    "any 2xx (http_ok) or an accepted TCP connection (tcp).")
 
 TREE_SERVICE_STATUS = MetricDef(
     "tree_service_status", Kind.GAUGE, ("service", "status"), Part.SERVICES,
@@ -227,12 +229,23 @@ TREE_SERVICE_PROBE_DURATION_SECONDS = MetricDef(
 
 TREE_SERVICE_PROBE_HTTP_STATUS_CODE = MetricDef(
     "tree_service_probe_http_status_code", Kind.GAUGE, ("service",), Part.SERVICES,
-    "HTTP status of the last health probe; 0 when there was no response.")
+    "HTTP status of the last health probe; 0 when there was no response, and always for a tcp probe.")
 
 TREE_SERVICE_PROBE_FAILURE = MetricDef(
     "tree_service_probe_failure", Kind.GAUGE, ("service", "reason"), Part.SERVICES,
     "Why the last health probe failed, one-hot over " + ", ".join(PROBE_FAILURE_REASONS)
     + "; all 0 after a successful probe.")
+
+TREE_SERVICE_CACHE_HIT_RATIO = MetricDef(
+    "tree_service_cache_hit_ratio", Kind.GAUGE, ("service",), Part.SERVICES,
+    "The hit_rate (0 to 1) the service's cache metrics URL (its /cache/metrics) answered on the last "
+    "read; absent when that read failed (see tree_service_cache_metrics_failure) and for services "
+    "without one.")
+
+TREE_SERVICE_CACHE_METRICS_FAILURE = MetricDef(
+    "tree_service_cache_metrics_failure", Kind.GAUGE, ("service", "reason"), Part.SERVICES,
+    "Why the last read of the service's cache metrics failed, one-hot over "
+    + ", ".join(CACHE_FAILURE_REASONS) + "; all 0 after a good read.")
 
 # -- the exporter itself --------------------------------------------------------------------
 TREEWATCH_COLLECTOR_SUCCESS = MetricDef(
@@ -267,3 +280,35 @@ METRICS: tuple[MetricDef, ...] = tuple(value for value in tuple(globals().values
 def names() -> frozenset[str]:
     """Every name a PromQL expression may use for treewatch's series (counters with _total)."""
     return frozenset(metric.name for metric in METRICS)
+
+
+class ServiceMetric(NamedTuple):
+    """A metric a pipeline service exposes on its own /metrics, which Prometheus scrapes directly
+    (job alerts.config.SERVICES_JOB, with a ``service`` label): not treewatch's, but the rules and
+    dashboards read it, and the simulator serves it under this name."""
+
+    name: str
+    kind: str  # "histogram" or "gauge"
+    service: str  # the service of the guide that exposes it
+    help: str
+
+    @property
+    def series_names(self) -> tuple[str, ...]:
+        """The names its series have in PromQL."""
+        if self.kind == "histogram":
+            return tuple(f"{self.name}{suffix}" for suffix in ("_bucket", "_count", "_sum"))
+        return (self.name,)
+
+
+# The services' own metrics the guide reads (issue 4, "Slow project ingestion").
+TREE_EVENT_PROCESSING_SECONDS = ServiceMetric(
+    "tree_event_processing_seconds", "histogram", "intelligence", "Time the service took to process one event.")
+STAMPING_LATENCY_MS_P95 = ServiceMetric(
+    "stamping_latency_ms_p95", "gauge", "metadata-stamping",
+    "95th percentile of the time one stamping took recently, in milliseconds.")
+SERVICES_OWN_METRICS: tuple[ServiceMetric, ...] = (TREE_EVENT_PROCESSING_SECONDS, STAMPING_LATENCY_MS_P95)
+
+
+def service_metric_names() -> frozenset[str]:
+    """Every name a PromQL expression may use for the services' own series."""
+    return frozenset(name for metric in SERVICES_OWN_METRICS for name in metric.series_names)

@@ -1,4 +1,5 @@
-"""The exporter's HTTP endpoint: /metrics, a landing page at /, /-/healthy and /-/ready.
+"""The exporter's HTTP endpoint: /metrics (or the path --web.telemetry-path names), a landing page at
+/, /-/healthy and /-/ready.
 
 Handlers only read what the refresh side already built; none of them talks to Kafka or to the
 services, so a scrape answers at once whatever state the pipeline is in. /metrics answers with
@@ -25,7 +26,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -33,6 +34,10 @@ from exporter.render import Format, Renderer
 from exporter.web import CHALLENGE, Authorizer
 
 log = logging.getLogger("treewatch.http")
+
+DEFAULT_METRICS_PATH = "/metrics"
+# The paths no --web.telemetry-path may take.
+RESERVED_PATHS = ("/", "/-/healthy", "/-/ready")
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,7 @@ class Endpoints:
     renderer: Renderer
     ready: Callable[[], bool]
     landing_page: Callable[[], str]
+    metrics_path: str = DEFAULT_METRICS_PATH
 
 
 @dataclass(frozen=True)
@@ -195,7 +201,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         path = self.path.split("?", 1)[0]
         endpoints = self.server.endpoints
-        if path == "/metrics":
+        if path == endpoints.metrics_path:
             exposition = endpoints.renderer.exposition(
                 Format.OPENMETRICS if prefers_openmetrics(self.headers.get("Accept")) else Format.TEXT,
                 gzip=accepts_gzip(self.headers.get("Accept-Encoding")))
@@ -213,7 +219,7 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._send(503, _TEXT, b"not ready: first refresh still running\n", send_body)
         else:
-            self._send(404, _TEXT, b"not found; try /metrics\n", send_body)
+            self._send(404, _TEXT, f"not found; try {endpoints.metrics_path}\n".encode(), send_body)
 
     def _send(self, status: int, content_type: str, body: bytes, send_body: bool,
               headers: dict[str, str] | None = None) -> None:
@@ -221,7 +227,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
-        for key, value in (headers or {}).items():
+        for key, value in {**self.server.headers, **(headers or {})}.items():
             self.send_header(key, value)
         self._deadline.start(self.server.limits.response_seconds)
         self.end_headers()
@@ -283,7 +289,8 @@ class ExporterHTTPServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], endpoints: Endpoints,
                  authorize: Authorizer | None = None,
                  tls_context: ssl.SSLContext | None = None,
-                 limits: Limits = Limits()) -> None:
+                 limits: Limits = Limits(),
+                 headers: Mapping[str, str] | None = None) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         # Set before binding: a failed bind calls server_close, which needs them.
@@ -291,6 +298,7 @@ class ExporterHTTPServer(ThreadingHTTPServer):
         self.authorize = authorize or (lambda _header: True)
         self.tls_context = tls_context
         self.limits = limits
+        self.headers = dict(headers or {})  # added to every answer (a web config's http_server_config.headers)
         self._slots = threading.BoundedSemaphore(limits.max_connections)
         self._connections: set[socket.socket] = set()
         self._handler_threads: list[threading.Thread] = []
@@ -415,14 +423,14 @@ class ExporterHTTPServer(ThreadingHTTPServer):
             thread.join(_JOIN_TIMEOUT_SECONDS)
 
 
-def landing_page(title: str, rows: list[tuple[str, str]]) -> str:
+def landing_page(title: str, rows: list[tuple[str, str]], metrics_path: str = DEFAULT_METRICS_PATH) -> str:
     """A small HTML page: links to the endpoints, then a table of what is watched."""
     table = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title></head><body>"
         f"<h1>{html.escape(title)}</h1>"
-        "<p><a href='/metrics'>Metrics</a> · <a href='/-/healthy'>Healthy</a> · "
+        f"<p><a href='{html.escape(metrics_path)}'>Metrics</a> · <a href='/-/healthy'>Healthy</a> · "
         "<a href='/-/ready'>Ready</a></p>"
         f"<table>{table}</table></body></html>"
     )

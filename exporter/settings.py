@@ -20,6 +20,11 @@ DEFAULT_LISTEN_ADDRESS = "0.0.0.0:9847"
 _LISTEN_ADDRESS = (r"^(\[[0-9A-Fa-f:.]+\]|[^:\[\]]*):"
                    r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})$")
 _BCRYPT_HASH = r"^\$2[aby]\$(0[4-9]|1[0-6])\$"
+_LISTEN_ADDRESS_FORM = "host:port, [ipv6]:port, or :port for every address (port 0 to 65535)"
+
+# A user's password as exporter-toolkit's basic_auth_users gives it (here and in its web config file).
+BcryptHash = Annotated[str, Field(pattern=_BCRYPT_HASH, json_schema_extra={"writeOnly": True}, description=(
+    "a bcrypt hash ($2a$, $2b$ or $2y$) of cost 04 to 16 (each step doubles the time a login takes)"))]
 
 Patterns = tuple[re.Pattern[str], ...]
 
@@ -43,9 +48,8 @@ class WebSettings:
     tls_key_file: Annotated[str | None, Field(min_length=1, description="PEM key of tls_cert_file.")] = None
     tls_key_password: Annotated[str | None, Field(description="Password of an encrypted tls_key_file."),
                                 Secret(inline=False)] = field(default=None, repr=False)
-    basic_auth_users: Annotated[Mapping[str, Annotated[str, Field(pattern=_BCRYPT_HASH, description=(
-        "a bcrypt hash ($2a$, $2b$ or $2y$) of cost 04 to 16 (each step doubles the time a login takes)"))]],
-        Field(description="user name -> bcrypt hash of the password")] = field(default_factory=dict, repr=False)
+    basic_auth_users: Annotated[Mapping[str, BcryptHash], Field(
+        description="user name -> bcrypt hash of the password")] = field(default_factory=dict, repr=False)
 
     def settle(self, given: Mapping[str, Any], path: str, source: str) -> WebSettings:
         refuse_half_pair(given, path, source, cert="tls_cert_file", key="tls_key_file")
@@ -56,8 +60,8 @@ class WebSettings:
                 environment={"TREEWATCH_LISTEN_ADDRESS": ("listen_address",)})
 @dataclass(frozen=True)
 class ExporterSettings:
-    listen_address: Annotated[str, Field(pattern=_LISTEN_ADDRESS, description=(
-        "host:port, [ipv6]:port, or :port for every address (port 0 to 65535)"))] = DEFAULT_LISTEN_ADDRESS
+    listen_address: Annotated[str, Field(pattern=_LISTEN_ADDRESS, description=_LISTEN_ADDRESS_FORM)] = (
+        DEFAULT_LISTEN_ADDRESS)
     refresh_interval_seconds: Annotated[float, Field(ge=0.1, le=3600, description=(
         "How often Kafka and the services are asked; a scrape only renders the latest answers."))] = 15.0
     stale_grace_seconds: Annotated[float, Field(ge=0, le=86400, description=(
@@ -82,15 +86,27 @@ class ExporterSettings:
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
-        host, _, port = self.listen_address.rpartition(":")
-        return host.removeprefix("[").removesuffix("]"), int(port)
+        return split_listen_address(self.listen_address)
 
     def settle(self, given: Mapping[str, Any], path: str, source: str) -> ExporterSettings:
         """What the schema's pattern cannot say: a bracketed host is an IPv6 address."""
-        host, _ = self.listen_host_port
-        if self.listen_address.startswith("["):
-            try:
-                ipaddress.IPv6Address(host)
-            except ValueError:
-                raise ConfigError(f"{source}: {path}.listen_address: {host!r} is not an IPv6 address") from None
+        try:
+            split_listen_address(self.listen_address)
+        except ValueError as error:
+            raise ConfigError(f"{source}: {path}.listen_address: {error}") from None
         return self
+
+
+def split_listen_address(address: str) -> tuple[str, int]:
+    """(host, port) of a listen address (the file's exporter.listen_address or --web.listen-address);
+    a ValueError says what is wrong with it."""
+    if not re.fullmatch(_LISTEN_ADDRESS, address):
+        raise ValueError(f"expected {_LISTEN_ADDRESS_FORM}, got {address!r}")
+    host, _, port = address.rpartition(":")
+    if host.startswith("["):
+        host = host.removeprefix("[").removesuffix("]")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address") from None
+    return host, int(port)

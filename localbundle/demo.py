@@ -26,7 +26,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import yaml
 
@@ -45,7 +44,7 @@ from exporter.snapshot import Snapshot
 from localbundle import stack as chain
 from localbundle.drill import Drill
 from localbundle.incident_alerts import EXPECTED
-from pipeline.config import DEFAULT_SERVICES, Config, load_config
+from pipeline.config import Config, default_services_at, load_config
 from simulator import Simulator, SimulatorSettings
 from simulator.control import ControlServer, IncidentControl
 from simulator.incidents import CATALOGUE, Incident, IncidentUnavailable, incident
@@ -446,10 +445,7 @@ def _control(stack: contextlib.ExitStack, env: DemoEnvironment, options: DemoOpt
 
 
 def _write_config(workdir: Path, bootstrap_servers: str, free_ports: bool) -> Config:
-    services = {}
-    for name, url in DEFAULT_SERVICES.items():
-        default = urlsplit(url).port or 80
-        services[name] = {"url": f"http://127.0.0.1:{_port(default, free_ports)}/health"}
+    services = default_services_at("127.0.0.1", lambda default: _port(default, free_ports))
     data = {
         "env": "dev",
         "kafka": {"bootstrap_servers": bootstrap_servers},

@@ -25,11 +25,14 @@ from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit, urlunsplit
 
 import jsonschema
 import yaml
 from pydantic import Field, TypeAdapter
 from pydantic.fields import FieldInfo
+
+from pipeline.health import JSON_STATUS, TCP, ProbeKind, redact_url, tcp_address
 
 DEFAULT_ENV = "dev"
 
@@ -58,12 +61,31 @@ DEFAULT_STAGES: dict[str, dict[str, str]] = {
     },
 }
 
-DEFAULT_SERVICES: dict[str, str] = {
-    "intelligence": "http://localhost:8053/health",
-    "bridge": "http://localhost:8054/health",
-    "onextree": "http://localhost:8058/health",
-    "metadata-stamping": "http://localhost:8057/health",
+# service -> its entry as the file writes it: the guide's four HTTP services and the index stage's
+# two stores (Qdrant's readiness endpoint, Memgraph's Bolt port).
+DEFAULT_SERVICES: dict[str, dict[str, str]] = {
+    "intelligence": {"url": "http://localhost:8053/health"},
+    "bridge": {"url": "http://localhost:8054/health"},
+    "onextree": {"url": "http://localhost:8058/health"},
+    "metadata-stamping": {"url": "http://localhost:8057/health"},
+    "qdrant": {"url": "http://localhost:6333/readyz", "kind": "http_ok"},
+    "memgraph": {"url": "tcp://localhost:7687", "kind": "tcp"},
 }
+
+
+def default_services_at(host: str, port: Callable[[int], int]) -> dict[str, dict[str, str]]:
+    """DEFAULT_SERVICES as the file writes them, each moved to ``host`` and to the port ``port`` gives
+    for its default one, its path and kind kept: the services and stores a demo or a test simulates."""
+    moved = {}
+    for name, entry in DEFAULT_SERVICES.items():
+        parts = urlsplit(entry["url"])
+        netloc = f"{host}:{port(parts.port or 80)}"
+        moved[name] = {**entry, "url": urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))}
+    return moved
+
+
+# The services of DEFAULT_SERVICES that report their cache (the guide's issue 4).
+DEFAULT_CACHE_METRICS_URLS: dict[str, str] = {"intelligence": "http://localhost:8053/cache/metrics"}
 
 # Environment variables that override the file, for containers and secrets managers; a section of a
 # floor above adds its own when it registers (config_section).
@@ -180,7 +202,29 @@ class Stage:
 class Service:
     name: str
     # May carry user:password; pipeline.health.redact_url shows it safely.
-    url: Annotated[str, Field(pattern="^https?://", description="an http:// or https:// URL")] = field(repr=False)
+    url: Annotated[str, Field(pattern="^(https?|tcp)://", description=(
+        "an http:// or https:// URL, or tcp://host:port for kind tcp"))] = field(repr=False)
+    kind: Annotated[ProbeKind, Field(description=(
+        "How the URL is probed: json_status GETs it and reads the JSON's status (healthy, degraded, "
+        "unhealthy); http_ok GETs it and any 2xx is healthy (Qdrant's /readyz); tcp connects to tcp://host:port "
+        "(Memgraph's Bolt port)."))] = JSON_STATUS
+    # The guide's `curl .../cache/metrics | jq '.hit_rate'`, as a gauge (exporter.services_source).
+    cache_metrics_url: Annotated[str | None, Field(pattern="^https?://", description=(
+        "an http:// or https:// URL answering JSON with a `hit_rate` in [0, 1] (the intelligence service's "
+        "/cache/metrics); left out for a service without a cache"))] = field(default=None, repr=False)
+
+    def settle(self, given: Mapping[str, Any], path: str, source: str) -> Service:
+        """The URL is one the kind can probe."""
+        if self.kind == TCP:
+            try:
+                tcp_address(self.url)
+            except ValueError as error:
+                raise ConfigError(f"{source}: {path}.url: expected tcp://host:port for kind tcp ({error}), got "
+                                  f"{_describe(redact_url(self.url))}") from None
+        elif not self.url.startswith(("http://", "https://")):
+            raise ConfigError(f"{source}: {path}.url: kind {self.kind} probes an http:// or https:// URL, got "
+                              f"{_describe(redact_url(self.url))} (a tcp:// URL needs kind: tcp)")
+        return self
 
 
 @dataclass(frozen=True)
@@ -218,6 +262,9 @@ class KafkaSettings:
     tls: Annotated[TlsSettings | None, Field(description="TLS towards the brokers (off by default).")] = None
     client_properties: Annotated[Mapping[str, str | float | bool], Field(
         description="Extra librdkafka properties passed through as given.")] = field(default_factory=dict)
+    # What the command line set over the file (-b/--bootstrap-server, --command-config): field or
+    # "security" -> the option, so a message about a wrong value sends the operator there.
+    overridden_by: Annotated[Mapping[str, str], NotInFile()] = field(default_factory=dict)
 
     def settle(self, given: Mapping[str, Any], path: str, source: str) -> KafkaSettings:
         if "security_protocol" in given:
@@ -292,7 +339,8 @@ class Config:
     stages: Annotated[tuple[Stage, ...], ByName(partial=True), Field(description=(
         "Pipeline stages by name; a stage named like a default one overrides only the fields given."))] = ()
     services: Annotated[tuple[Service, ...], ByName(), Field(description=(
-        "HTTP services by name, each probed with GET on its health URL."))] = ()
+        "Services and stores by name, each probed on its URL as its kind says; giving this section replaces "
+        "the whole list (the defaults are the guide's four services, Qdrant and Memgraph)."))] = ()
     # The sections of the floors above (SECTIONS), by name; read as config.<name>.
     sections: Annotated[Mapping[str, Any], NotInFile()] = field(default_factory=dict, repr=False)
     source: Annotated[str, NotInFile()] = "<defaults>"
@@ -632,7 +680,7 @@ def parse_config(data: Any, source: str, environ: Mapping[str, str] | None = Non
     stages = _stages(data.get("stages", {}), env, source)
     sections = {name: build(section.declaration, data.get(name, {}), name, source)
                 for name, section in SECTIONS.items()}
-    services = _services(data.get("services"))
+    services = _services(data.get("services"), source)
     return build(Config, data, "", source,
                  {"kafka": kafka, "stages": stages, "services": services, "sections": sections, "source": source})
 
@@ -663,7 +711,23 @@ _Validator = jsonschema.validators.extend(
 
 
 def _validate(data: dict[str, Any], source: str) -> None:
-    validator = _Validator(_file_schema(tuple(SECTIONS.items())), format_checker=jsonschema.FormatChecker())
+    _validate_against(_file_schema(tuple(SECTIONS.items())), data, source, "configuration")
+
+
+def build_document(declaration: type[T], data: Any, source: str, what: str) -> T:
+    """An instance of ``declaration`` from a whole file of its own beside the configuration (the
+    exporter-toolkit web configuration is one): checked against the schema derived from the
+    declaration and refused with the configuration's messages ("invalid <what>", then the file and
+    each field at fault), then built. An empty document is an empty mapping."""
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping, got {type(data).__name__}")
+    _validate_against(_object_schema(declaration), data, source, what)
+    return build(declaration, data, "", source)
+
+
+def _validate_against(schema: dict[str, Any], data: dict[str, Any], source: str, what: str) -> None:
+    validator = _Validator(schema, format_checker=jsonschema.FormatChecker())
     # The type's complaint first: .inf is both "not a finite number" and "above the maximum".
     errors = sorted(validator.iter_errors(data),
                     key=lambda e: ([str(p) for p in e.absolute_path], e.validator != "type", e.message))
@@ -673,7 +737,7 @@ def _validate(data: dict[str, Any], source: str) -> None:
     if not by_field:
         return
     lines = [f"{source}: {name}: {expected}" for name, expected in list(by_field.items())[:10]]
-    raise ConfigError("invalid configuration\n  " + "\n  ".join(lines))
+    raise ConfigError(f"invalid {what}\n  " + "\n  ".join(lines))
 
 
 def _field_name(error: jsonschema.ValidationError) -> str:
@@ -706,7 +770,10 @@ def _expected(error: jsonschema.ValidationError) -> str:
         return f"{_describe(error.instance)} is not a valid regular expression"
     if error.validator == "pattern":
         wanted = error.schema.get("description") or f"a match for the pattern {error.validator_value}"
-        return f"expected {wanted}, got {_describe(error.instance)}"
+        # A write-only value is a secret's stand-in (a password's hash): what was written there
+        # instead may be the password itself, which no message repeats.
+        got = "something else" if error.schema.get("writeOnly") else _describe(error.instance)
+        return f"expected {wanted}, got {got}"
     return error.message
 
 
@@ -764,7 +831,10 @@ def _expand(template: str, env: str, field_name: str, source: str) -> str:
                           f" and a literal brace is written twice") from None
 
 
-def _services(data: dict[str, dict[str, str]] | None) -> tuple[Service, ...]:
+def _services(data: dict[str, dict[str, str]] | None, source: str) -> tuple[Service, ...]:
     if data is None:
-        return tuple(Service(name, url) for name, url in DEFAULT_SERVICES.items())
-    return tuple(Service(name, spec["url"]) for name, spec in data.items())
+        data = {name: {**entry, **({"cache_metrics_url": DEFAULT_CACHE_METRICS_URLS[name]}
+                                   if name in DEFAULT_CACHE_METRICS_URLS else {})}
+                for name, entry in DEFAULT_SERVICES.items()}
+    # The schema has checked every field's name and value; Service.settle that the URL suits the kind.
+    return tuple(build(Service, spec, f"services.{name}", source, {"name": name}) for name, spec in data.items())

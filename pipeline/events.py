@@ -203,6 +203,22 @@ def dead_letter(original_topic: str, original_payload: Any, error_type: str, err
     }
 
 
+# The event names the built-in stages' events are made of (``<name>.requested``, ``.completed``,
+# ``.failed``); a stage added in the configuration uses its own name.
+STAGE_EVENT_NAMES: dict[str, str] = {"discover": "tree.discover", "stamp": "stamping.generate", "index": "tree.index"}
+
+
+def stage_event_name(stage_name: str) -> str:
+    return STAGE_EVENT_NAMES.get(stage_name, stage_name)
+
+
+def stage_request(stage_name: str, payload: dict[str, Any], *, source: str = "treewatch") -> dict[str, Any]:
+    """A request of stage ``stage_name`` in a new envelope. A stage's request carries forward the
+    payload of the previous stage's completed event (file identity and what that stage added), so
+    ``payload_of(completed)`` is what the next stage is asked about."""
+    return envelope(f"{stage_event_name(stage_name)}.requested", payload, source=source)
+
+
 def discovery_request(project_path: str, project_name: str, correlation_id: str, *,
                       synthetic_file_count: int | None = None, force_regenerate: bool = False,
                       source: str = "treewatch") -> dict[str, Any]:

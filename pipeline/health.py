@@ -1,10 +1,16 @@
-"""Probing the pipeline's HTTP services: ``GET`` each health URL, read the ``status`` it reports.
+"""Probing the pipeline's services and stores: each target's URL is probed the way its kind says.
+
+- ``json_status`` (the default): ``GET`` the health URL and read the ``status`` its JSON reports;
+- ``http_ok``: ``GET`` the URL, any 2xx is healthy and the body is never read (Qdrant's ``/readyz``);
+- ``tcp``: open a TCP connection to ``tcp://host:port`` (Memgraph's Bolt port, which speaks no HTTP).
 
 The exporter probes every service on each refresh and the operator tools probe on demand; both
 use this module so a service means the same thing everywhere. A probe never raises for anything
 the service does: a hang, a refusal, a 10 MB answer, garbage, a redirect loop each become a
 ``ProbeResult`` with a failure reason. Every probe of a round runs concurrently and the whole round
-is bounded by one timeout, so a hanging service delays nothing beyond it.
+is bounded by one timeout, so a hanging service delays nothing beyond it. ``http_ok`` and ``tcp``
+probes report ``healthy`` or, failing, ``unknown``: neither has a status to read, and a store that
+answers is all the index stage needs.
 
 Reported status strings are mapped case-insensitively onto four states. The guide's own strings
 ("healthy", "degraded", "unhealthy") are used as given; common synonyms from other health-check
@@ -26,11 +32,20 @@ import asyncio
 import json
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, get_args
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+
+if TYPE_CHECKING:
+    from pipeline.config import Service
+
+# How a target is probed (see the module docstring); pipeline.config.Service.kind declares it.
+ProbeKind = Literal["json_status", "http_ok", "tcp"]
+JSON_STATUS, HTTP_OK, TCP = get_args(ProbeKind)
+PROBE_KINDS: tuple[str, ...] = get_args(ProbeKind)
 
 HEALTHY, DEGRADED, UNHEALTHY, UNKNOWN = "healthy", "degraded", "unhealthy", "unknown"
 STATES = (HEALTHY, DEGRADED, UNHEALTHY, UNKNOWN)
@@ -63,10 +78,16 @@ _MAX_REPORTED_STATUS = 64
 
 @dataclass(frozen=True)
 class Target:
-    """A service to probe: its name and its health URL."""
+    """A service to probe: its name, its URL and how to probe it (one of PROBE_KINDS)."""
 
     name: str
     url: str
+    kind: str = JSON_STATUS
+
+
+def targets(services: Iterable[Service]) -> tuple[Target, ...]:
+    """The probe targets of the configured services."""
+    return tuple(Target(service.name, service.url, service.kind) for service in services)
 
 
 @dataclass(frozen=True)
@@ -128,13 +149,17 @@ async def _bounded_probe(client: httpx.AsyncClient, target: Target, timeout_seco
     try:
         # httpx's timeouts bound each network operation; this bounds the whole probe, redirects
         # and a body trickled byte by byte included.
-        await asyncio.wait_for(_probe(client, target, max_body_bytes, outcome), timeout_seconds)
+        await asyncio.wait_for(_PROBES[target.kind](client, target, max_body_bytes, outcome), timeout_seconds)
     except (TimeoutError, httpx.TimeoutException):
         outcome.fail(TIMEOUT, f"no complete answer within {timeout_seconds:g}s")
+    except ConnectionRefusedError:
+        outcome.fail(CONNECTION_REFUSED, "connection refused")
+    except OSError as error:  # only a tcp probe's own connect raises these; httpx wraps its own
+        outcome.fail(CONNECTION_ERROR, _first_line(error))
     except httpx.TooManyRedirects:
         outcome.fail(TOO_MANY_REDIRECTS, f"more than {MAX_REDIRECTS} redirects")
     except httpx.HTTPError as error:
-        outcome.fail(*_classify_transport_error(error))
+        outcome.fail(*classify_transport_error(error))
     return ProbeResult(
         service=target.name,
         success=outcome.reason is None,
@@ -161,10 +186,11 @@ class _Outcome:
         self.reason, self.detail = reason, detail
 
 
-async def _probe(client: httpx.AsyncClient, target: Target, max_body_bytes: int, outcome: _Outcome) -> None:
+async def _probe_json_status(client: httpx.AsyncClient, target: Target, max_body_bytes: int,
+                             outcome: _Outcome) -> None:
     async with client.stream("GET", target.url, headers={"Accept": "application/json"}) as response:
         outcome.http_status_code = response.status_code
-        body = await _read_capped(response, max_body_bytes)
+        body = await read_capped(response, max_body_bytes)
     if body is None:
         outcome.fail(BODY_TOO_LARGE, f"answer larger than {max_body_bytes} bytes")
         return
@@ -189,7 +215,53 @@ async def _probe(client: httpx.AsyncClient, target: Target, max_body_bytes: int,
     outcome.detail = f"HTTP {response.status_code}, status {outcome.reported_status!r}"
 
 
-async def _read_capped(response: httpx.Response, max_body_bytes: int) -> bytes | None:
+async def _probe_http_ok(client: httpx.AsyncClient, target: Target, max_body_bytes: int, outcome: _Outcome) -> None:
+    # Leaving the stream unread closes the connection instead of draining it: a readiness endpoint
+    # that answers 200 with an endless body costs the probe nothing.
+    async with client.stream("GET", target.url) as response:
+        outcome.http_status_code = response.status_code
+    if not response.is_success:
+        outcome.fail(HTTP_ERROR, f"HTTP {response.status_code}, not 2xx")
+        return
+    outcome.status = HEALTHY
+    outcome.detail = f"HTTP {response.status_code}"
+
+
+async def _probe_tcp(client: httpx.AsyncClient, target: Target, max_body_bytes: int, outcome: _Outcome) -> None:
+    host, port = tcp_address(target.url)
+    _, writer = await asyncio.open_connection(host, port)
+    # Accepted is all a tcp probe asks: the store's own protocol (Bolt) is not spoken.
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except OSError:
+        pass  # a store that resets the connection we are closing has still accepted it
+    outcome.status = HEALTHY
+    outcome.detail = f"TCP connection to {host}:{port} accepted"
+
+
+_PROBES = {JSON_STATUS: _probe_json_status, HTTP_OK: _probe_http_ok, TCP: _probe_tcp}
+
+
+def tcp_address(url: str) -> tuple[str, int]:
+    """(host, port) of a ``tcp://host:port`` URL; ValueError saying what is wrong otherwise."""
+    parts = urlsplit(url)
+    if parts.scheme != "tcp":
+        raise ValueError(f"the scheme is {parts.scheme or 'missing'!r}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError("the port is not a number from 1 to 65535") from None
+    if not parts.hostname:
+        raise ValueError("no host")
+    if not port:
+        raise ValueError("no port from 1 to 65535")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError("a path, query or user part, which TCP has no use for")
+    return parts.hostname, port
+
+
+async def read_capped(response: httpx.Response, max_body_bytes: int) -> bytes | None:
     """The (decoded) body, or None as soon as it exceeds ``max_body_bytes``."""
     declared = response.headers.get("Content-Length", "")
     if declared.isdigit() and int(declared) > max_body_bytes:
@@ -204,7 +276,7 @@ async def _read_capped(response: httpx.Response, max_body_bytes: int) -> bytes |
     return b"".join(chunks)
 
 
-def _classify_transport_error(error: httpx.HTTPError) -> tuple[str, str]:
+def classify_transport_error(error: httpx.HTTPError) -> tuple[str, str]:
     causes = list(_causes(error))
     if any(isinstance(cause, ssl.SSLError) for cause in causes):
         return TLS_ERROR, f"TLS handshake failed: {_first_line(error)}"

@@ -353,10 +353,10 @@ def produce_and_confirm(sender: Producer, records: Sequence[OutgoingRecord], *, 
                 KafkaError._FAIL, str(error))
             break
         produced += 1
-        sender.poll(0)  # serves the reports that came in, so they do not pile up over a long batch
+        _serve(sender.poll, 0)  # serves the reports that came in, so they do not pile up over a long batch
     # A producer in a fatal state (fenced, say) confirms nothing more: waiting would only use up the deadline.
     fatal = refusal is not None and (refusal.fatal() or refusal.code() == KafkaError._FATAL)
-    sender.flush(0 if fatal else max(0.0, deadline - time.monotonic()))
+    _serve(sender.flush, 0 if fatal else max(0.0, deadline - time.monotonic()))
     if any(report is None for report in reports[:produced]):
         # Records still queued are never sent; those in flight are left to their fate (and counted as
         # such), unless the producer is in a fatal state and can deliver nothing more.
@@ -383,6 +383,18 @@ def produce_and_confirm(sender: Producer, records: Sequence[OutgoingRecord], *, 
                             f"{time.monotonic() - started:.1f}s: {len(unconfirmed) - in_flight} never sent "
                             f"(not written), {in_flight} sent and may or may not have been written")
     return [report[1] for report in reports]  # type: ignore[index]
+
+
+def _serve(call: Callable[[float], Any], timeout: float) -> None:
+    """``sender.poll`` or ``sender.flush``, raising a producer's fatal error (fenced by a newer
+    transactional producer, say) as the KafkaException it is: confluent-kafka (2.16) raises it inside
+    the delivery callbacks the call serves, which Python then reports as a SystemError caused by it."""
+    try:
+        call(timeout)
+    except SystemError as error:
+        if isinstance(error.__cause__, KafkaException):
+            raise error.__cause__ from None
+        raise
 
 
 def _require_topics(sender: Producer, records: Sequence[OutgoingRecord], known_topics: Collection[str],

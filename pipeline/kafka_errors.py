@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from pipeline.kafka import (
     KafkaSession,
@@ -178,6 +178,22 @@ def all_watermarks(admin: AdminClient, partitions: Iterable[Partition], *, deadl
         return found
 
     return retry_transient(attempt, what="reading the partitions' offsets", deadline=deadline,
+                           request_timeout=request_timeout)
+
+
+def offsets_for_time(admin: AdminClient, partitions: Iterable[Partition], timestamp_ms: int, *, deadline: float,
+                     request_timeout: float) -> dict[Partition, int]:
+    """Per partition, the offset of the first record with a timestamp at or after ``timestamp_ms``
+    (Kafka's ListOffsets by time, the broker's time index: nothing before it is read), or -1 when
+    no record is that recent; asked again while a leader is away."""
+    wanted = list(partitions)
+
+    def attempt(timeout: float) -> dict[Partition, int]:
+        futures = admin.list_offsets({TopicPartition(t, p): OffsetSpec.for_timestamp(timestamp_ms) for t, p in wanted},
+                                     request_timeout=timeout)
+        return {(tp.topic, tp.partition): result_of(future, timeout).offset for tp, future in futures.items()}
+
+    return retry_transient(attempt, what="finding the offsets for the time", deadline=deadline,
                            request_timeout=request_timeout)
 
 

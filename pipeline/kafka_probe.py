@@ -203,6 +203,9 @@ def bootstrap_origin(config: Config, environ: Mapping[str, str] | None = None) -
     """Where the bootstrap address in use was configured, for the operator to go and fix it."""
     environ = os.environ if environ is None else environ
     from_file = config.source not in ("<defaults>",)
+    if "bootstrap_servers" in config.kafka.overridden_by:
+        return f"set by {config.kafka.overridden_by['bootstrap_servers']}" + (
+            f", which overrides {config.source}" if from_file else "")
     if "bootstrap.servers" in config.kafka.client_properties:
         return f"bootstrap.servers in kafka.client_properties of {config.source}"
     variable = next(name for name, path in ENV_OVERRIDES.items() if path == ("kafka", "bootstrap_servers"))
@@ -226,8 +229,9 @@ def describe_unreachable(config: Config, error: BaseException, environ: Mapping[
     if not findings or any(f.speaks_kafka for f in findings):
         lines.append(f"  the client's error: {error_text(error)}")
     if any(f.speaks_kafka for f in findings):
+        security = config.kafka.overridden_by.get("security", "kafka.security_protocol, kafka.sasl, kafka.tls")
         lines.append("  a broker answers at the bootstrap address, so the trouble lies beyond it: the security "
-                     "protocol and credentials (kafka.security_protocol, kafka.sasl, kafka.tls), or the brokers' "
+                     f"protocol and credentials ({security}), or the brokers' "
                      "advertised listeners, which this machine must be able to reach")
     return "\n".join(lines)
 

@@ -66,17 +66,25 @@ def check_client_files(tls: TlsSettings | None) -> None:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     # librdkafka's ssl.ca.location also takes a directory, or "probe" for the system's usual places.
     if tls.ca_file is not None and tls.ca_file != "probe" and not Path(tls.ca_file).is_dir():
-        def refused(reason: str) -> ConfigError:
-            return ConfigError(f"kafka.tls: cannot load the CA certificates ({tls.ca_file}): {reason}")
-
-        _check_pem(tls.ca_file, "ca_file", refused)
-        try:
-            context.load_verify_locations(cafile=tls.ca_file)
-        except OSError as error:
-            raise refused(_ssl_reason(error)) from None
+        load_ca_file(context, "kafka.tls", ("ca_file", tls.ca_file))
     if tls.cert_file is not None:
         load_cert_chain(context, "kafka.tls", ("cert_file", tls.cert_file), ("key_file", tls.key_file),
                         ("key_password_file", tls.key_password))
+
+
+def load_ca_file(context: ssl.SSLContext, section: str, ca: tuple[str, str]) -> None:
+    """Load the CA certificates of the file ``ca`` (field, path) names into ``context``; a ConfigError
+    names the section, the file and the field when it is unreadable, too large or not PEM."""
+    field_name, path = ca
+
+    def refused(reason: str) -> ConfigError:
+        return ConfigError(f"{section}: cannot load the CA certificates ({path}): {reason}")
+
+    _check_pem(path, field_name, refused)
+    try:
+        context.load_verify_locations(cafile=path)
+    except OSError as error:
+        raise refused(_ssl_reason(error)) from None
 
 
 def _check_pem(path: str, field_name: str, refused: Callable[[str], ConfigError]) -> None:

@@ -27,6 +27,7 @@ from pipeline.events import dead_letter
 from pipeline.kafka import admin_client
 from simulator.health import HealthEndpoints
 from simulator.load import LoadGenerator, Project
+from simulator.service_metrics import ServiceMetrics
 from simulator.stages import ERROR_TYPES, StageBehaviour, pipeline_logics
 from simulator.topics import ensure_topics
 from simulator.worker import StageWorker, WorkerStats, WorkerStuck
@@ -64,8 +65,9 @@ class Simulator:
         self._behaviours: dict[str, StageBehaviour] = {
             name: self.settings.behaviours.get(name, StageBehaviour()) for name in self.stage_names
         }
+        self.service_metrics = ServiceMetrics()
         self.health = HealthEndpoints(config.services if self.settings.serve_health else (),
-                                      bind_host=self.settings.bind_host)
+                                      bind_host=self.settings.bind_host, metrics=self.service_metrics)
         self.workers: dict[str, StageWorker] = {}
         self._load: LoadGenerator | None = None
         self._lock = threading.Lock()
@@ -83,7 +85,7 @@ class Simulator:
             for offset, (name, logic) in enumerate(logics.items()):
                 seed = None if self.settings.seed is None else self.settings.seed + offset
                 worker = StageWorker(self.config.kafka, logic, behaviour=lambda n=name: self._behaviours[n],
-                                     seed=seed)
+                                     seed=seed, observe=self.service_metrics.observe)
                 worker.start()
                 self.workers[name] = worker
             # The first stage is the one discovery requests go to.

@@ -3,13 +3,19 @@
 Each service gets its own HTTP server on the host and port of its URL; ``GET`` on the URL's
 path (and on ``/health``) answers JSON ``{"status": ..., "service": ...}``. The status is set
 from the outside, to show the exporter and the alerts a degraded or failing service;
-"unhealthy" is answered with HTTP 503, as load balancers expect.
+"unhealthy" is answered with HTTP 503, as load balancers expect. Beside it, each HTTP service
+answers ``/metrics`` and the intelligence service ``/cache/metrics`` with what it reports about
+its own work (simulator/service_metrics.py). The index stage's stores are
+served as they are probed: a service of kind ``http_ok`` (Qdrant's ``/readyz``) by the same HTTP
+server, whose 200 or 503 is all the probe reads; one of kind ``tcp`` (Memgraph's Bolt port) by a
+listener that accepts each connection and closes it, which is all a tcp probe asks.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import socketserver
 import sys
 import threading
 import time
@@ -18,18 +24,24 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 from pipeline.config import Service
+from pipeline.health import TCP
+from simulator.service_metrics import ServiceMetrics
 
 log = logging.getLogger("treewatch.simulator.health")
 
 STATUSES = ("healthy", "degraded", "unhealthy")
+# The guide's issue 4 reads these beside /health (simulator/service_metrics.py).
+METRICS_PATH = "/metrics"
+CACHE_METRICS_PATH = "/cache/metrics"
+EXPOSITION_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def bind_address(url: str, bind_host: str | None = None) -> tuple[str, int, str]:
     """(host, port, path) to serve a health URL on; ``bind_host`` replaces the URL's host (in a
     container the URL names the container, the server listens on 0.0.0.0)."""
     parts = urlsplit(url)
-    if parts.scheme != "http":
-        raise ValueError(f"{url}: the simulator serves plain http only")
+    if parts.scheme not in ("http", "tcp"):
+        raise ValueError(f"{url}: the simulator serves plain http and tcp only")
     if parts.hostname is None:
         raise ValueError(f"{url}: no host in the health URL")
     return bind_host or parts.hostname, parts.port or 80, parts.path or "/health"
@@ -39,9 +51,11 @@ class _HealthServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], service: str, path: str) -> None:
+    def __init__(self, address: tuple[str, int], service: str, path: str,
+                 metrics: ServiceMetrics | None = None) -> None:
         super().__init__(address, _HealthHandler)
         self.service = service
+        self.metrics = metrics
         self.health_path = path
         self.status = "healthy"
         self.started = time.monotonic()
@@ -55,12 +69,33 @@ class _HealthServer(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
+class _StoreListener(socketserver.ThreadingTCPServer):
+    """A store's port (kind tcp): accepts every connection and closes it. Its status is kept for
+    set_status and take_down alike, though a tcp probe only sees whether it accepts."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], service: str) -> None:
+        super().__init__(address, socketserver.BaseRequestHandler)
+        self.service = service
+        self.status = "healthy"
+
+
 class _HealthHandler(BaseHTTPRequestHandler):
     server: _HealthServer
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         path = self.path.split("?", 1)[0]
+        metrics = self.server.metrics
+        if metrics is not None and path == METRICS_PATH:
+            self._send_bytes(200, metrics.exposition(self.server.service), EXPOSITION_CONTENT_TYPE)
+            return
+        cache = None if metrics is None else metrics.cache_metrics(self.server.service)
+        if cache is not None and path == CACHE_METRICS_PATH:
+            self._send(200, cache)
+            return
         if path not in (self.server.health_path, "/health"):
             self._send(404, {"error": f"not found; try {self.server.health_path}"})
             return
@@ -73,9 +108,11 @@ class _HealthHandler(BaseHTTPRequestHandler):
         })
 
     def _send(self, code: int, body: dict) -> None:
-        data = json.dumps(body).encode()
+        self._send_bytes(code, json.dumps(body).encode(), "application/json")
+
+    def _send_bytes(self, code: int, data: bytes, content_type: str) -> None:
         self.send_response(code)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -87,10 +124,12 @@ class _HealthHandler(BaseHTTPRequestHandler):
 class HealthEndpoints:
     """One health server per service; ``with HealthEndpoints(services) as health: ...``."""
 
-    def __init__(self, services: Iterable[Service], bind_host: str | None = None) -> None:
+    def __init__(self, services: Iterable[Service], bind_host: str | None = None,
+                 metrics: ServiceMetrics | None = None) -> None:
         self.services = tuple(services)
         self.bind_host = bind_host
-        self._servers: dict[str, _HealthServer] = {}
+        self.metrics = metrics  # what each HTTP service serves on /metrics and /cache/metrics
+        self._servers: dict[str, _HealthServer | _StoreListener] = {}
         self._threads: dict[str, threading.Thread] = {}
         self._down: dict[str, str] = {}  # service taken down -> the status it had
 
@@ -125,10 +164,11 @@ class HealthEndpoints:
     def is_down(self, service: str) -> bool:
         return service in self._down
 
-    def _serve(self, service: Service) -> _HealthServer:
+    def _serve(self, service: Service) -> _HealthServer | _StoreListener:
         host, port, path = bind_address(service.url, self.bind_host)
         try:
-            server = _HealthServer((host, port), service.name, path)
+            server = (_StoreListener((host, port), service.name) if service.kind == TCP
+                      else _HealthServer((host, port), service.name, path, self.metrics))
         except OSError as error:
             raise OSError(error.errno, f"cannot serve {service.name}'s health on {host}:{port}: "
                                        f"{error.strerror}") from None
@@ -166,7 +206,7 @@ class HealthEndpoints:
     def port(self, service: str) -> int:
         return self._server(service).server_address[1]
 
-    def _server(self, service: str) -> _HealthServer:
+    def _server(self, service: str) -> _HealthServer | _StoreListener:
         try:
             return self._servers[service]
         except KeyError:

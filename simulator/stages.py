@@ -32,6 +32,8 @@ from pipeline.events import (
     decode_json_object,
     envelope,
     payload_of,
+    stage_event_name,
+    stage_request,
 )
 
 SOURCE = "treewatch-simulator"
@@ -106,13 +108,8 @@ def request_payload(value: bytes | None, required: tuple[str, ...]) -> tuple[dic
     return payload, record
 
 
-# The event names the built-in stages' events are made of (``<name>.requested``, ``.completed``,
-# ``.failed``); a stage added in the configuration uses its own name.
-EVENT_NAMES: dict[str, str] = {"discover": "tree.discover", "stamp": "stamping.generate", "index": "tree.index"}
-
-
 def event_name(stage: Stage) -> str:
-    return EVENT_NAMES.get(stage.name, stage.name)
+    return stage_event_name(stage.name)
 
 
 class StageLogic(ABC):
@@ -134,7 +131,7 @@ class StageLogic(ABC):
         """The next stage's request for ``payload`` (nothing after the last stage)."""
         if self.next_stage is None:
             return []
-        return [Record(self.next_stage.request_topic, key, _event(f"{event_name(self.next_stage)}.requested", payload))]
+        return [Record(self.next_stage.request_topic, key, stage_request(self.next_stage.name, payload, source=SOURCE))]
 
     def dead_letters(self, project_name: str, project_path: str, correlation: str, count: int,
                      error_type: str) -> list[Record]:

@@ -12,6 +12,7 @@ import json
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,6 +27,8 @@ log = logging.getLogger("treewatch.simulator.worker")
 
 BATCH_SIZE = 100
 POLL_SECONDS = 0.2
+# A batch in progress when a pause is asked for finishes first; its delays are at most this long.
+PAUSE_SECONDS = 30.0
 # A slow stage takes smaller batches, so it still commits every few seconds and never comes near
 # max.poll.interval.ms (after which Kafka would take its partitions away).
 BATCH_SECONDS = 5.0
@@ -59,14 +62,18 @@ class DeliveryFailed(RuntimeError):
 
 class StageWorker:
     def __init__(self, kafka: KafkaSettings, logic: StageLogic,
-                 behaviour: Callable[[], StageBehaviour], seed: int | None = None) -> None:
+                 behaviour: Callable[[], StageBehaviour], seed: int | None = None,
+                 observe: Callable[[str, float], None] | None = None) -> None:
         self.logic = logic
+        # Told (stage, seconds) per processed request: the services' own processing-time metrics.
+        self._observe = observe
         self.stage = logic.stage
         self._behaviour = behaviour
         self._rng = random.Random(seed)
         self._kafka = kafka
         self._stop = threading.Event()
         self._paused = threading.Event()
+        self._holding_now = threading.Event()  # set by the loop once a pause has taken hold
         self._assigned = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"simulator-{self.stage.name}", daemon=True)
         self._lock = threading.Lock()
@@ -114,8 +121,15 @@ class StageWorker:
             raise WorkerStuck(f"the simulated {self.stage.name} service did not stop within {timeout:g}s: "
                               f"still {self._doing} (is Kafka at {self._kafka.bootstrap_servers} reachable?)")
 
-    def pause(self) -> None:
+    def pause(self, timeout: float = PAUSE_SECONDS) -> bool:
+        """Stop fetching, and return once the loop has stopped (True) or after ``timeout`` (False):
+        a request written after a pause returns is not processed before the resume, even when the
+        loop was in the middle of a fetch that would have brought it back."""
+        self._holding_now.clear()
         self._paused.set()
+        if not self._thread.is_alive() or threading.current_thread() is self._thread:
+            return False
+        return self._holding_now.wait(timeout)
 
     def resume(self) -> None:
         self._paused.clear()
@@ -172,6 +186,7 @@ class StageWorker:
         if assignment:
             self._consumer.pause(assignment)
         self._holding = True
+        self._holding_now.set()
         prefetched = [m for m in self._consumer.consume(BATCH_SIZE, timeout=POLL_SECONDS) if self._usable(m)]
         self._rewind(prefetched)
 
@@ -195,12 +210,15 @@ class StageWorker:
         outcomes: list[Outcome] = []
         for message in batch:
             behaviour = self._behaviour()
+            started = time.monotonic()
             if behaviour.delay_seconds and self._stop.wait(behaviour.delay_seconds):
                 self._rewind(batch)  # stopping mid-batch: nothing of it is committed
                 return
             key = message.key()
             outcome = self.logic.process(message.value(), behaviour, self._rng,
                                          key.decode("utf-8", errors="replace") if key is not None else None)
+            if self._observe is not None:
+                self._observe(self.stage.name, time.monotonic() - started)
             outcomes.append(outcome)
             for record in outcome.records:
                 self._produce(record.topic, record.key, record.value)

@@ -167,7 +167,7 @@ def test_every_recording_rule_has_an_expression_test() -> None:
 
 
 def test_every_metric_in_every_expression_is_defined() -> None:
-    known = metrics.names() | {rule["record"] for rule in _recording_rules()} | {"up"}
+    known = metrics.names() | metrics.service_metric_names() | {rule["record"] for rule in _recording_rules()} | {"up"}
     for rule in _alert_rules() + _recording_rules():
         unknown = metric_names(rule["expr"]) - known
         assert not unknown, f"{rule.get('alert') or rule.get('record')} reads undefined metrics {unknown}"

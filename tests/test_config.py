@@ -121,7 +121,8 @@ def test_every_problem_of_a_file_is_listed_at_once(tmp_path):
     ("kafka:\n  sasl:\n    mechanism: PLAIN\n    username: u\n",
      "kafka.sasl: expected password or password_file"),
     ("services:\n  bridge:\n    url: localhost:8054\n",
-     "services.bridge.url: expected an http:// or https:// URL, got string 'localhost:8054'"),
+     "services.bridge.url: expected an http:// or https:// URL, or tcp://host:port for kind tcp, got string "
+     "'localhost:8054'"),
 ])
 def test_bad_values_are_refused_with_the_file_and_field(tmp_path, text, expected):
     path = write(tmp_path, text)

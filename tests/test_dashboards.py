@@ -29,7 +29,7 @@ import pytest
 import yaml
 
 from alerts import generate as alerts_generate
-from alerts.config import CONFIG, runbook_anchor
+from alerts.config import CONFIG, SERVICES_JOB, runbook_anchor
 from alerts.promql import metric_names
 from alerts.rules import recordings
 from dashboards import common, generate
@@ -223,12 +223,13 @@ def test_every_metric_is_one_the_exporter_defines():
             match = LABEL_VALUES.match(variable["query"])
             assert match, f"{name} ${variable['name']}: not a label_values() query"
             exprs.append((f"{name} ${variable['name']}", match["selector"]))
-    known = metrics.names() | RECORDING_RULES | {PROMETHEUS_ALERTS}
+    known = metrics.names() | metrics.service_metric_names() | RECORDING_RULES | {PROMETHEUS_ALERTS}
     for where, expr in exprs:
         names = metrics_read(expr)
         assert names, f"{where}: no metric found in {expr!r}"
         unknown = names - known
-        assert not unknown, f"{where}: neither in exporter/metrics.py nor a recording rule: {unknown}"
+        assert not unknown, (f"{where}: neither in exporter/metrics.py (treewatch's or the services' own) nor a "
+                             f"recording rule: {unknown}")
 
 
 def _threshold_steps(panel: dict) -> Iterator[dict]:
@@ -467,6 +468,10 @@ def _gauge(metric: MetricDef, labels: LabelSet, t: float, start: int) -> float:
             return 0 if failing else 200
         case "tree_service_probe_failure":
             return 1 if failing and labels["reason"] == "connection_refused" else 0
+        case "tree_service_cache_hit_ratio":
+            return 0.6 + 0.3 * _wave(labels, t)
+        case "tree_service_cache_metrics_failure":
+            return 0
         case "treewatch_collector_success" | "treewatch_build_info" | "tree_pipeline_stage_info":
             return 1
         case "treewatch_collector_duration_seconds":
@@ -482,8 +487,8 @@ def _value(metric: MetricDef, labels: LabelSet, t: float, start: int) -> float:
     return _counter(metric, labels, t) if metric.kind is Kind.COUNTER else _gauge(metric, labels, t, start)
 
 
-def _format_labels(labels: LabelSet) -> str:
-    pairs = {**labels, **SCRAPE_LABELS}
+def _format_labels(labels: LabelSet, scrape_labels: LabelSet = SCRAPE_LABELS) -> str:
+    pairs = {**labels, **scrape_labels}
     return ",".join(f'{key}="{value}"' for key, value in pairs.items())
 
 
@@ -498,12 +503,39 @@ def write_openmetrics(path: Path, start: int) -> None:
             for labels in LABEL_SETS[metric.labels]:
                 series = f"{metric.name}{{{_format_labels(labels)}}}"
                 out.writelines(f"{series} {_value(metric, labels, t, start)} {start + t}\n" for t in times)
+        write_services_own_metrics(out, times, start)
         # What Prometheus itself would have recorded while the incidents above fire.
         out.write(f"# TYPE {PROMETHEUS_ALERTS} gauge\n")
         for labels in FIRING_ALERTS:
             series = f"{PROMETHEUS_ALERTS}{{{_format_labels(labels)}}}"
             out.writelines(f"{series} 1 {start + t}\n" for t in times)
         out.write("# EOF\n")
+
+
+# The services' own metrics (exporter.metrics.SERVICES_OWN_METRICS), as Prometheus scrapes them from
+# each service directly: job tree-services and the service's label, no exporter in between.
+SERVICE_SCRAPE_LABELS = {"job": SERVICES_JOB, "env": SCRAPE_LABELS["env"], "cluster": SCRAPE_LABELS["cluster"]}
+EVENTS_PER_SECOND = 20.0
+# The share of events that took at most `le` seconds: a p95 between 0.2 and 0.3 s.
+PROCESSING_TIME_SHARES = {"0.01": 0.1, "0.05": 0.35, "0.1": 0.6, "0.2": 0.85, "0.3": 0.97, "0.5": 0.99,
+                          "1.0": 1.0, "+Inf": 1.0}
+
+
+def write_services_own_metrics(out, times: range, start: int) -> None:
+    for metric in metrics.SERVICES_OWN_METRICS:
+        series_labels = _format_labels({**SERVICE_SCRAPE_LABELS, "instance": f"{metric.service}:8000",
+                                        "service": metric.service}, scrape_labels={})
+        out.write(f"# TYPE {metric.name} {metric.kind}\n")
+        for t in times:
+            if metric.kind == "histogram":
+                for le, share in PROCESSING_TIME_SHARES.items():
+                    count = math.floor(EVENTS_PER_SECOND * share * t)
+                    out.write(f'{metric.name}_bucket{{{series_labels},le="{le}"}} {count} {start + t}\n')
+                out.write(f"{metric.name}_count{{{series_labels}}} {math.floor(EVENTS_PER_SECOND * t)} {start + t}\n")
+                out.write(f"{metric.name}_sum{{{series_labels}}} {EVENTS_PER_SECOND * 0.08 * t} {start + t}\n")
+            else:
+                out.write(f"{metric.name}{{{series_labels}}} {120 + 50 * _wave({'service': metric.service}, t)}"
+                          f" {start + t}\n")
 
 
 def _binary(name: str) -> str:

@@ -19,6 +19,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -295,7 +296,7 @@ def test_published_ports_do_not_clash_and_are_the_guides() -> None:
     published = [host_path(str(port)).split(":")[0] for service in services.values()
                  for port in service.get("ports", [])]
     assert len(published) == len(set(published)), published
-    guide_ports = {url.rsplit(":", 1)[1].split("/")[0] for url in DEFAULT_SERVICES.values()}
+    guide_ports = {str(urlsplit(entry["url"]).port) for entry in DEFAULT_SERVICES.values()}
     assert guide_ports <= set(published)
     assert {"9847", "9090", "9093", "3000"} <= set(published)
 
@@ -357,7 +358,7 @@ def test_the_treewatch_containers_config_is_valid_and_points_inside_the_stack() 
         config = load_config(REPO / config_file, environ={k: str(v) for k, v in environment.items()})
         assert config.kafka.bootstrap_servers == "redpanda:9092"
         for service_config in config.services:
-            assert service_config.url.startswith("http://simulator:"), service_config
+            assert service_config.url.startswith(("http://simulator:", "tcp://simulator:")), service_config
     exporter_config = load_config(REPO / bind_mounts(services["exporter"])[0][0],
                                   environ={k: str(v) for k, v in services["exporter"]["environment"].items()})
     host, port = exporter_config.exporter.listen_host_port

@@ -3,6 +3,7 @@ real command line, so the docs on-call reads at 3 a.m. cannot drift from the too
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import itertools
@@ -16,6 +17,8 @@ from treewatch.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", ROOT / "docs" / "runbooks.md", ROOT / "docs" / "incidents.md"]
+# The README's table of every treewatch command, one row each.
+README_COMMANDS = re.compile(r"^## The `treewatch` command\n(.*?)^## ", re.M | re.S)
 
 
 def documented_commands() -> list[tuple[str, str]]:
@@ -39,11 +42,12 @@ def variants(command: str) -> list[list[str]]:
 
 def parse_error(words: list[str]) -> str | None:
     stderr = io.StringIO()
-    with contextlib.redirect_stderr(stderr):
+    # --help and --version print to stdout and exit 0: they parse.
+    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
         try:
             build_parser().parse_args(words)
-        except SystemExit:
-            return stderr.getvalue()
+        except SystemExit as exited:
+            return stderr.getvalue() if exited.code else None
     return None
 
 
@@ -59,10 +63,40 @@ def test_a_documented_command_parses(where, command):
         # options; a command shown with options must be complete (argparse reports a missing
         # option before a misspelt one, so an incomplete command could hide a typo).
         bare = not any(word.startswith("-") for word in words)
-        assert error is None or (bare and "the following arguments are required" in error), \
+        assert error is None or (bare and ("the following arguments are required" in error
+                                           or re.search(r"one of the arguments .* is required", error))), \
             (where, command, error)
 
 
 def test_a_mistyped_command_is_caught():
     assert "invalid choice" in parse_error(variants("treewatch dlq replai --stage 1")[0])
     assert "unrecognized arguments" in parse_error(variants("treewatch trace --correlation-id <id> --jsn")[0])
+
+
+def option_strings(parser: argparse.ArgumentParser) -> set[str]:
+    """Every option of the command and its subcommands, at any depth."""
+    found = set()
+    for action in parser._actions:
+        found.update(action.option_strings)
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                found |= option_strings(child)
+    return found
+
+
+def test_every_option_the_docs_show_exists() -> None:
+    known = option_strings(build_parser())
+    shown = {(doc.name, option) for doc in [*DOCS, *sorted((ROOT / "docs").glob("*.md"))]
+             for option in re.findall(r"`(--[a-z][-a-z.]*)", doc.read_text())}
+    assert len(shown) >= 10
+    assert not {(where, option) for where, option in shown if option not in known}
+
+
+def test_the_readmes_command_table_lists_the_commands_of_help() -> None:
+    section = README_COMMANDS.search((ROOT / "README.md").read_text())
+    assert section, "README.md has no section '## The `treewatch` command'"
+    in_readme = re.findall(r"^\| `treewatch ([a-z][-a-z]*)", section.group(1), re.M)
+    assert len(in_readme) == len(set(in_readme)), in_readme
+    in_help = re.findall(r"^  ([a-z][-a-z]*)  ", build_parser().format_help(), re.M)
+    assert sorted(in_readme) == sorted(in_help)
+

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from alerts import deployment, rule_tests
-from alerts.config import CONFIG, GROUPS_DLQ_DASHBOARD_UID, runbook_anchor
+from alerts.config import CONFIG, GROUPS_DLQ_DASHBOARD_UID, SERVICES_JOB, runbook_anchor
 from alerts.kubernetes import GRAFANA_DASHBOARD_LABEL
 from alerts.rules import alerts
 from dashboards import generate as dashboards_generate
@@ -203,10 +203,20 @@ def test_the_prometheus_config_passes_promtool_and_wires_exporter_rules_and_aler
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 rule files found" in result.stdout
     config = yaml.safe_load(path.read_text())
-    (job,) = config["scrape_configs"]
-    assert job["job_name"] == "treewatch" and CONFIG.exporter_selector == 'job="treewatch"'
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert set(jobs) == {"treewatch", SERVICES_JOB}
+    job = jobs["treewatch"]
+    assert CONFIG.exporter_selector == 'job="treewatch"'
     assert job["static_configs"] == [{"targets": ["localhost:9900"],
                                       "labels": {"env": "prod", "cluster": "kafka-eu-1"}}]
+    # The services' own /metrics (the guide's issue 4), on each HTTP health URL's host:port, with the
+    # service's name; the store probed over TCP has none to scrape.
+    services = {entry["labels"]["service"]: entry for entry in jobs[SERVICES_JOB]["static_configs"]}
+    assert CONFIG.services_selector == f'job="{SERVICES_JOB}"'
+    assert services["intelligence"] == {"targets": ["localhost:8053"], "labels": {
+        "env": "prod", "cluster": "kafka-eu-1", "service": "intelligence"}}
+    assert services["metadata-stamping"]["targets"] == ["localhost:8057"]
+    assert "memgraph" not in services
     assert config["alerting"]["alertmanagers"] == [
         {"scheme": "https", "path_prefix": "/am", "static_configs": [{"targets": ["alertmanager.example.com:9443"]}]}]
 

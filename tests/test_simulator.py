@@ -22,8 +22,17 @@ import yaml
 from confluent_kafka import OFFSET_BEGINNING, ConsumerGroupTopicPartitions, KafkaError, TopicPartition
 
 from devkafka import free_port
-from pipeline.config import DEFAULT_SERVICES, DEFAULT_STAGES, Config, KafkaSettings, load_config, parse_config
+from pipeline.config import (
+    DEFAULT_SERVICES,
+    DEFAULT_STAGES,
+    Config,
+    KafkaSettings,
+    default_services_at,
+    load_config,
+    parse_config,
+)
 from pipeline.events import decode_json_object, discovery_request
+from pipeline.health import JSON_STATUS
 from pipeline.kafka import admin_client, read_records, reader
 from simulator import (
     ERROR_TYPES,
@@ -47,7 +56,8 @@ def unique_config_data(bootstrap_servers: str) -> dict[str, Any]:
         "env": f"simtest-{suffix}",
         "kafka": {"bootstrap_servers": bootstrap_servers},
         "stages": {name: {"group": f"{stage['group']}-{suffix}"} for name, stage in DEFAULT_STAGES.items()},
-        "services": {name: {"url": f"http://127.0.0.1:{free_port()}/health"} for name in DEFAULT_SERVICES},
+        # The guide's services and stores as configured by default (kinds and paths), on free ports.
+        "services": default_services_at("127.0.0.1", lambda default_port: free_port()),
     }
 
 
@@ -311,7 +321,7 @@ def test_an_unreadable_request_is_failed_and_dead_lettered_and_the_stage_keeps_g
 
 
 def test_health_endpoints_answer_with_the_status_set(simulator: Simulator) -> None:
-    urls = {s.name: s.url for s in simulator.config.services}
+    urls = {s.name: s.url for s in simulator.config.services if s.kind == JSON_STATUS}
     assert set(urls) == {"intelligence", "bridge", "onextree", "metadata-stamping"}
     for name, url in urls.items():
         response = httpx.get(url, timeout=5)
@@ -332,7 +342,7 @@ def test_health_endpoints_answer_with_the_status_set(simulator: Simulator) -> No
     with pytest.raises(ValueError, match="status must be one of"):
         simulator.set_health("bridge", "sleepy")
     with pytest.raises(KeyError, match="no simulated service"):
-        simulator.set_health("qdrant", "healthy")
+        simulator.set_health("elasticsearch", "healthy")
 
 
 def test_health_endpoints_serve_the_urls_path_and_refuse_a_taken_port() -> None:
@@ -448,7 +458,8 @@ def test_stopping_leaves_no_thread_behind(kafka) -> None:
     with Simulator(unique_config(kafka.bootstrap_servers)) as sim:
         sim.wait_assigned(timeout=60)
         started = [t.name for t in set(threading.enumerate()) - before]
-        assert sum(name.startswith("simulator-") for name in started) == 3 + 4
+        # A worker per stage, a server per service and store.
+        assert sum(name.startswith("simulator-") for name in started) == len(DEFAULT_STAGES) + len(DEFAULT_SERVICES)
         # Three consumers and four producers, each with its librdkafka threads.
         native_running = native_threads()
         assert native_running > native_before + len(started)

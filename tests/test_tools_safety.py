@@ -567,9 +567,10 @@ def test_bench_completes_through_a_crashed_leader_and_its_restart(kafka_cluster3
                 bench.kill()
                 bench.communicate()
 
-    assert bench.returncode == 0, err
     document = json.loads(out)
     assert document["completed"] is True
+    # Completed: exit 0 unless it missed one of the guide's targets (a crash and a paused stage can).
+    assert bench.returncode == (0 if document["targets_met"] else 1), err
     progress = document["progress"]
     assert (progress["discovered"], progress["completed"], progress["failed_files"]) == \
         (10, {"stamp": 10, "index": 10}, 0)

@@ -54,6 +54,11 @@ class BenchResult:
     def progress(self) -> Progress:
         return self.run.progress
 
+    @property
+    def targets_met(self) -> bool:
+        """Completed and every target of the guide met: what the benchmark checks."""
+        return self.completed and bool(self.targets) and all(t.passed for t in self.targets)
+
 
 def percentiles(values: list[float]) -> dict[str, float]:
     """Nearest-rank percentiles of ``values``; p100 is named "max"."""

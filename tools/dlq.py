@@ -40,9 +40,10 @@ import contextlib
 import json
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime
+from typing import Any, ClassVar, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
@@ -58,7 +59,7 @@ from pipeline.kafka import (
     record_timestamp_seconds,
     topic_partitions,
 )
-from pipeline.kafka_errors import DEFAULT_RETRY_SECONDS, all_watermarks, partitions_of
+from pipeline.kafka_errors import DEFAULT_RETRY_SECONDS, all_watermarks, offsets_for_time, partitions_of
 from tools import ToolError
 
 REPLAYED_FROM_HEADER = "treewatch-replayed-from"
@@ -153,16 +154,28 @@ class DlqInspection:
     topic: str
     retained: int  # high watermark − log start over all partitions
     read: int
-    by_error_type: dict[str, int]
+    by_error_type: dict[str, int]  # of the dead letters read (only error_type's, when given)
     malformed: int
     samples: tuple[DlqSample, ...]
     complete: bool
+    error_type: str | None = None  # the filter: only dead letters of this error type are counted
+    since: float | None = None  # the filter: only dead letters written at or after (seconds since the epoch)
+    in_range: int = 0  # offsets from the first dead letter at or after ``since`` (the log start without) to the end
+
+    @property
+    def matched(self) -> int:
+        return sum(self.by_error_type.values())
 
 
 def inspect_dlq(config: Config, stage_name: str, limit: int | None = None, samples_per_type: int = 3,
-                timeout_seconds: float = 120.0) -> DlqInspection:
-    """Counts by error type of the retained dead letters (the first ``limit`` if given), a few samples
-    of each type; malformed ones are counted under their own type ("unparseable") and in ``malformed``."""
+                timeout_seconds: float = 120.0, *, error_type: str | None = None,
+                since: datetime | None = None) -> DlqInspection:
+    """Counts by error type of the retained dead letters (the first ``limit`` read if given), a few
+    samples of each type; malformed ones are counted under their own type ("unparseable") and in
+    ``malformed``. ``error_type``: only that type is counted and sampled (the others are read, to
+    get past them, and left out). ``since``: each partition is read from its first dead letter
+    written at or after that time, found by Kafka's time index (ListOffsets by timestamp), so older
+    ones are never fetched."""
     stage = config.stage(stage_name)
     counts: Counter[str] = Counter()
     samples: list[DlqSample] = []
@@ -170,13 +183,21 @@ def inspect_dlq(config: Config, stage_name: str, limit: int | None = None, sampl
     with KafkaSession(config.kafka) as kafka:
         keys, watermarks = _dlq_partitions(kafka, stage)
         deadline = time.monotonic() + timeout_seconds
-        records = iter_records(kafka.reader(), watermarks.low, watermarks.high, deadline=deadline)
+        starts = dict(watermarks.low)
+        if since is not None:
+            at_time = offsets_for_time(kafka.admin, keys, int(since.timestamp() * 1000), deadline=deadline,
+                                       request_timeout=config.kafka.request_timeout_seconds)
+            # -1: no dead letter that recent in the partition; nothing of it is read.
+            starts = {key: watermarks.high[key] if at_time[key] < 0 else at_time[key] for key in keys}
+        records = iter_records(kafka.reader(), starts, watermarks.high, deadline=deadline)
         with contextlib.closing(records):
             for record in records:
                 if limit is not None and read >= limit:
                     break
                 read += 1
                 letter = parse_dead_letter(record.value())
+                if error_type is not None and letter.error_type != error_type:
+                    continue
                 counts[letter.error_type] += 1
                 malformed += _malformed_reason(letter) is not None
                 if counts[letter.error_type] <= samples_per_type:
@@ -186,7 +207,8 @@ def inspect_dlq(config: Config, stage_name: str, limit: int | None = None, sampl
     retained = sum(watermarks.high[k] - watermarks.low[k] for k in keys)
     complete = (limit is not None and read >= limit) or time.monotonic() < deadline
     return DlqInspection(stage.name, stage.dlq_topic, retained, read, dict(counts.most_common()), malformed,
-                         tuple(samples), complete)
+                         tuple(samples), complete, error_type, None if since is None else since.timestamp(),
+                         sum(watermarks.high[k] - starts[k] for k in keys))
 
 
 # -- replay ----------------------------------------------------------------------------------------
@@ -226,6 +248,7 @@ class ReplayReport:
     high_watermark: dict[int, int] = field(default_factory=dict)
     records_per_transaction: int = RECORDS_PER_TRANSACTION
     transactions: int = 0  # transactions committed
+    held: ClassVar[str] = "this DLQ"  # what a replay that fences this one takes over, for ReplayFenced
 
     @property
     def replayed_total(self) -> int:
@@ -247,18 +270,22 @@ class _Decision:
 
 def replay_dlq(config: Config, stage_name: str, replay_filter: ReplayFilter, *, limit: int | None = None,
                dry_run: bool, records_per_transaction: int = RECORDS_PER_TRANSACTION,
-               timeout_seconds: float = 300.0) -> ReplayReport:
+               timeout_seconds: float = 300.0, on_progress: Callable[[ReplayReport], None] | None = None
+               ) -> ReplayReport:
     """Republish the stage's matching dead letters once (see the module's docstring for the rules),
     at most ``records_per_transaction`` dead letters handled per transaction; ``dry_run`` decides
-    the same way and changes nothing. ReplayFenced when another replay of the DLQ took over."""
+    the same way and changes nothing. ReplayFenced when another replay of the DLQ took over.
+    ``on_progress`` is given the report so far after each transaction (each batch, in a dry run)."""
     stage = config.stage(stage_name)
     with KafkaSession(config.kafka) as kafka:
         return _replay(kafka, config, stage, replay_filter, limit=limit, dry_run=dry_run,
-                       records_per_transaction=records_per_transaction, timeout_seconds=timeout_seconds)
+                       records_per_transaction=records_per_transaction, timeout_seconds=timeout_seconds,
+                       on_progress=on_progress)
 
 
 def _replay(kafka: KafkaSession, config: Config, stage: Stage, replay_filter: ReplayFilter, *, limit: int | None,
-            dry_run: bool, records_per_transaction: int, timeout_seconds: float) -> ReplayReport:
+            dry_run: bool, records_per_transaction: int, timeout_seconds: float,
+            on_progress: Callable[[ReplayReport], None] | None) -> ReplayReport:
     group = replay_group(stage)
     keys, watermarks = _dlq_partitions(kafka, stage)
     timeout = config.kafka.request_timeout_seconds
@@ -268,16 +295,8 @@ def _replay(kafka: KafkaSession, config: Config, stage: Stage, replay_filter: Re
     existing_topics = set(topic_partitions(kafka.admin, request_topics, timeout))
     report = ReplayReport(stage.name, stage.dlq_topic, group, dry_run, records_per_transaction=records_per_transaction)
     deadline = time.monotonic() + timeout_seconds
-    consumer = kafka.reader(**{"group.id": group, "isolation.level": "read_committed", **_READ_SETTINGS})
-    txn_producer: Producer | None = None
-    if not dry_run:
-        # First: starting the transactional producer fences a replay still running and aborts
-        # the open transaction of one that crashed, whose pending offsets would otherwise
-        # keep the committed offsets below from being read.
-        txn_producer = kafka.producer(**{"transactional.id": group, **_TRANSACTIONAL_SETTINGS})
-        with fencing_reported(txn_producer, report, timeout):
-            txn_producer.init_transactions(timeout)
-    positions = _replay_positions(consumer, keys, watermarks.low, timeout)
+    consumer, txn_producer = replay_clients(kafka, report, dry_run=dry_run, timeout=timeout)
+    positions = replay_positions(consumer, keys, watermarks.low, timeout)
     report.start = {p: positions[(t, p)] for t, p in keys}
     report.high_watermark = {p: watermarks.high[(t, p)] for t, p in keys}
     open_partitions = {key for key in keys if positions[key] < watermarks.high[key]}
@@ -298,14 +317,43 @@ def _replay(kafka: KafkaSession, config: Config, stage: Stage, replay_filter: Re
             report.transactions += 1
         positions.update(advanced)
         _record(report, decisions)
+        if on_progress is not None:
+            on_progress(report)
         stopped = {(d.record.topic(), d.record.partition()) for d in decisions if d.action == "stop"}
         open_partitions = {k for k in open_partitions - stopped if positions[k] < watermarks.high[k]}
     report.end = {p: positions[(t, p)] for t, p in keys}
     return report
 
 
+class ReplayProgress(Protocol):
+    """What fencing_reported tells of a replay: its group (and transactional id), what it holds, what it
+    republished so far."""
+
+    group: str
+    held: ClassVar[str]
+
+    @property
+    def replayed_total(self) -> int: ...
+
+
+def replay_clients(kafka: KafkaSession, report: ReplayProgress, *, dry_run: bool,
+                   timeout: float) -> tuple[Consumer, Producer | None]:
+    """The replay group's read_committed consumer and, unless ``dry_run``, its transactional producer
+    (transactional id: the group), started."""
+    consumer = kafka.reader(**{"group.id": report.group, "isolation.level": "read_committed", **_READ_SETTINGS})
+    txn_producer: Producer | None = None
+    if not dry_run:
+        # First: starting the transactional producer fences a replay still running and aborts
+        # the open transaction of one that crashed, whose pending offsets would otherwise
+        # keep the group's committed offsets from being read.
+        txn_producer = kafka.producer(**{"transactional.id": report.group, **_TRANSACTIONAL_SETTINGS})
+        with fencing_reported(txn_producer, report, timeout):
+            txn_producer.init_transactions(timeout)
+    return consumer, txn_producer
+
+
 @contextlib.contextmanager
-def fencing_reported(txn_producer: Producer, report: ReplayReport, timeout: float) -> Iterator[None]:
+def fencing_reported(txn_producer: Producer, report: ReplayProgress, timeout: float) -> Iterator[None]:
     """ReplayFenced instead of the Kafka error when another replay's producer fenced this one.
 
     librdkafka names the fencing (_FENCED, or the broker's PRODUCER_FENCED / INVALID_PRODUCER_EPOCH)
@@ -326,9 +374,9 @@ def fencing_reported(txn_producer: Producer, report: ReplayReport, timeout: floa
         if cause is None or cause.code() not in _FENCING_ERRORS:
             raise
         raise ReplayFenced(
-            f"another replay holds this DLQ (transactional id {report.group}): it started after this one "
+            f"another replay holds {report.held} (transactional id {report.group}): it started after this one "
             f"and fenced it. This run stopped after republishing {report.replayed_total} record(s), which stay "
-            f"committed; its open transaction was aborted and the other replay handles those dead letters "
+            f"committed; its open transaction was aborted and the other replay handles the rest "
             f"({cause.str()})") from error
 
 
@@ -336,7 +384,7 @@ def _kafka_error(error: KafkaException) -> KafkaError | None:
     return error.args[0] if error.args and isinstance(error.args[0], KafkaError) else None
 
 
-def _replay_positions(consumer: Consumer, keys: list[Partition], log_start: dict[Partition, int],
+def replay_positions(consumer: Consumer, keys: list[Partition], log_start: dict[Partition, int],
                       timeout: float) -> dict[Partition, int]:
     """Where the replay group is in each DLQ partition: its committed offset, or the log start when it
     has none or retention removed the records since.
@@ -409,9 +457,20 @@ def _commit_batch(txn_producer: Producer, consumer: Consumer, decisions: list[_D
                   advanced: dict[Partition, int], request_topics: set[str], timeout: float) -> None:
     # A dead letter keeps its request's key, so the replay lands where the request was.
     replays = [OutgoingRecord(d.letter.original_topic, _encode(d.letter.original_payload), d.record.key(),
-                              ((REPLAYED_FROM_HEADER, f"{d.record.topic()}/{d.record.partition()}/"
-                                                      f"{d.record.offset()}".encode()),))
+                              (replayed_from(d.record),))
                for d in decisions if d.action == "replay"]
+    commit_batch(txn_producer, consumer, replays, advanced, request_topics, timeout)
+
+
+def replayed_from(source: Message) -> tuple[str, bytes]:
+    """The header a replayed record carries: where it was replayed from (topic/partition/offset)."""
+    return REPLAYED_FROM_HEADER, f"{source.topic()}/{source.partition()}/{source.offset()}".encode()
+
+
+def commit_batch(txn_producer: Producer, consumer: Consumer, replays: list[OutgoingRecord],
+                 advanced: dict[Partition, int], request_topics: set[str], timeout: float) -> None:
+    """``replays`` and the replay group's ``advanced`` offsets in one transaction: both or neither.
+    ``request_topics``: the existing request topics every replay goes to, checked when the replay started."""
     txn_producer.begin_transaction()
     try:
         # _decide lets through only request topics found when the replay started: not looked up again.

@@ -1,5 +1,7 @@
-"""Consumer groups: describe one (committed offset, high watermark, lag, owner per partition), move
-its committed offsets the way ``kafka-consumer-groups.sh --reset-offsets`` does, and undo a move.
+"""Consumer groups: list them all (state, members, lag), describe some (committed offset, high
+watermark, lag, owner per partition, each member's assignment, idle members and partitions nobody
+owns), move a group's committed offsets the way ``kafka-consumer-groups.sh --reset-offsets`` does,
+and undo a move.
 
 What keeps these from doing harm:
 
@@ -22,16 +24,25 @@ from __future__ import annotations
 
 import difflib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka.admin import AdminClient
 
 from pipeline.config import Config
-from pipeline.kafka import KafkaSession, Partition, group_state_name, kafka_session, lag, result_of
+from pipeline.kafka import (
+    KafkaSession,
+    Partition,
+    fetch_committed_offsets,
+    group_state_name,
+    kafka_session,
+    lag,
+    result_of,
+    time_left,
+)
 from pipeline.kafka_errors import (
     DEFAULT_RETRY_SECONDS,
     all_watermarks,
@@ -40,11 +51,13 @@ from pipeline.kafka_errors import (
     describe_cluster,
     error_text,
     kafka_error_of,
+    offsets_for_time,
     partitions_of,
     retry_transient,
 )
 from tools import ToolError
 from tools.saved_offsets import SavedOffsets, SavedOffsetsError, utc_now, write_saved
+from tools.times import utc_moment
 
 # The only state in which no consumer can commit over a reset (as kafka-consumer-groups.sh requires).
 RESETTABLE_STATES = ("Empty",)
@@ -98,6 +111,54 @@ class GroupDescription:
     @property
     def total_lag(self) -> int:
         return sum(p.lag or 0 for p in self.partitions)
+
+    @property
+    def consumed_topics(self) -> tuple[str, ...]:
+        """The topics some member is assigned: what the group consumes now (the subscription itself
+        is not in a group's description; committed offsets may be of topics it no longer reads)."""
+        return tuple(sorted({topic for m in self.members for topic, _ in m.assigned}))
+
+    @property
+    def idle_members(self) -> tuple[Member, ...]:
+        """Members of a Stable group assigned no partition: a group never gives one partition to two
+        members, so those beyond the partition count wait idle (during a rebalance an empty
+        assignment means nothing yet, so only a Stable group has them)."""
+        return tuple(m for m in self.members if not m.assigned) if self.state == "Stable" else ()
+
+    @property
+    def unowned_partitions(self) -> tuple[Partition, ...]:
+        """Partitions of the topics the group consumes that no member is assigned, while the group is
+        Stable: nobody reads them until the next rebalance (typically partitions added to a topic,
+        which consumers notice only at their next metadata refresh)."""
+        if self.state != "Stable" or not self.members:
+            return ()
+        consumed = set(self.consumed_topics)
+        return tuple((p.topic, p.partition) for p in self.partitions if p.owner is None and p.topic in consumed)
+
+    @property
+    def findings(self) -> tuple[str, ...]:
+        """What the assignment tells an operator scaling the group, in words."""
+        said = []
+        consumed = sum(1 for p in self.partitions if p.topic in set(self.consumed_topics))
+        if self.idle_members:
+            said.append(f"{len(self.idle_members)} idle consumer(s), assigned no partition: {len(self.members)} "
+                        f"member(s) for {consumed} partition(s) of {', '.join(self.consumed_topics) or 'no topic'}; "
+                        f"a partition goes to one member at most, so scaling out will not help (more partitions "
+                        f"would)")
+        if self.unowned_partitions:
+            said.append(f"{len(self.unowned_partitions)} partition(s) assigned to nobody while the group is "
+                        f"{self.state} with {len(self.members)} member(s): {partition_list(self.unowned_partitions)}; "
+                        f"their records are not consumed until the next rebalance (partitions added to the topic "
+                        f"since? the consumers see them at their next metadata refresh)")
+        return tuple(said)
+
+
+def partition_list(partitions: Iterable[Partition]) -> str:
+    """``topic[0,1,2], other[0]``: partitions by topic, as an operator reads an assignment."""
+    by_topic: dict[str, list[int]] = {}
+    for topic, partition in sorted(partitions):
+        by_topic.setdefault(topic, []).append(partition)
+    return ", ".join(f"{topic}[{','.join(map(str, ids))}]" for topic, ids in by_topic.items())
 
 
 def _deadline(deadline: float | None) -> float:
@@ -193,7 +254,10 @@ def describe_group(config: Config, group: str, *, deadline: float | None = None,
         state, members = existing_group_state(config, kafka, group, deadline=deadline)
         committed = committed_offsets(kafka.admin, group, deadline=deadline, request_timeout=timeout)
         owners = {tp: m.member_id for m in members for tp in m.assigned}
-        keys = sorted(set(committed) | set(owners))
+        # Every partition of the topics the group is assigned, so one assigned to nobody shows too.
+        consumed = partitions_of(kafka.admin, sorted({topic for topic, _ in owners}), deadline=deadline,
+                                 request_timeout=timeout) if owners else {}
+        keys = sorted(set(committed) | set(owners) | {(t, p) for t, ids in consumed.items() for p in ids})
         watermarks = (all_watermarks(kafka.admin, keys, deadline=deadline, request_timeout=timeout)
                       if keys else None)
     partitions = tuple(
@@ -203,6 +267,100 @@ def describe_group(config: Config, group: str, *, deadline: float | None = None,
                           owners.get((topic, partition)))
         for topic, partition in keys)
     return GroupDescription(group, state, members, partitions)
+
+
+def describe_groups(config: Config, groups: Iterable[str] | None, *, deadline: float | None = None
+                    ) -> tuple[GroupDescription, ...]:
+    """``describe_group`` of each of ``groups`` (None: every group the cluster lists), through one
+    session; UnknownGroup for the first that does not exist, before anything is described."""
+    deadline = _deadline(deadline)
+    with KafkaSession(config.kafka) as kafka:
+        if groups is not None:
+            names = list(dict.fromkeys(groups))  # a group named twice is described once
+            for name in names:
+                existing_group_state(config, kafka, name, deadline=deadline)
+            return tuple(describe_group(config, name, deadline=deadline, session=kafka) for name in names)
+        described = []
+        for name in existing_groups(kafka, deadline=deadline):
+            try:
+                described.append(describe_group(config, name, deadline=deadline, session=kafka))
+            except UnknownGroup:
+                continue  # deleted (or its offsets expired) since the listing
+        return tuple(described)
+
+
+# -- listing ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GroupSummary:
+    """One line of ``groups list``: a group as kafka-consumer-groups.sh --list --state shows it, with
+    its lag (records behind the high watermark over every partition it committed on)."""
+
+    group: str
+    stage: str | None  # the pipeline stage whose group this is, per the configuration
+    state: str
+    members: int
+    partitions: int  # partitions with a committed offset
+    lag: int | None  # None: the committed offsets could not be read (see error)
+    unread_partitions: int = 0  # partitions whose watermarks could not be read, left out of the lag
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class GroupListing:
+    groups: tuple[GroupSummary, ...]  # by lag, largest first; unknown lag last
+    missing_stage_groups: dict[str, str]  # stage → its configured group, which the cluster does not have
+
+
+# Groups whose committed offsets are asked at once: many groups fast, without flooding the coordinators.
+_LIST_CONCURRENCY = 10
+
+
+def list_groups(config: Config, *, deadline: float | None = None) -> GroupListing:
+    """Every consumer group the cluster lists, with state, member count and lag, largest lag first."""
+    timeout = config.kafka.request_timeout_seconds
+    deadline = _deadline(deadline)
+    stage_of = {stage.group: stage.name for stage in config.stages}
+    with KafkaSession(config.kafka) as kafka:
+        names = existing_groups(kafka, deadline=deadline)
+        described = _describe_all(kafka.admin, names, timeout, deadline=deadline)
+        committed = fetch_committed_offsets(kafka.admin, names, timeout, _LIST_CONCURRENCY, deadline=deadline)
+        keys = sorted({key for offsets in committed.values() if isinstance(offsets, dict) for key in offsets})
+        watermarks = all_watermarks(kafka.admin, keys, deadline=deadline, request_timeout=timeout) if keys else None
+    summaries = []
+    for name in names:
+        state, members = described.get(name, ("Unknown", 0))
+        offsets = committed.get(name)
+        if not isinstance(offsets, dict):
+            summaries.append(GroupSummary(name, stage_of.get(name), state, members, 0, None,
+                                          error=error_text(offsets) if offsets is not None else "not answered"))
+            continue
+        known = [key for key in offsets if watermarks is not None and key in watermarks.high]
+        total = sum(lag(offsets[key], watermarks.low[key], watermarks.high[key]) for key in known)
+        summaries.append(GroupSummary(name, stage_of.get(name), state, members, len(offsets), total,
+                                      unread_partitions=len(offsets) - len(known)))
+    summaries.sort(key=lambda g: (g.lag is None, -(g.lag or 0), g.group))
+    missing = {stage.name: stage.group for stage in config.stages if stage.group not in names}
+    return GroupListing(tuple(summaries), missing)
+
+
+def _describe_all(admin: AdminClient, groups: list[str], request_timeout: float, *, deadline: float
+                  ) -> dict[str, tuple[str, int]]:
+    """group → (state, member count), from one DescribeConsumerGroups round (per coordinator); a
+    group whose coordinator does not answer is left out (the listing shows it as Unknown)."""
+    if not groups:
+        return {}
+    # However late it is, the round gets a moment: without it, every group would say Unknown.
+    futures = admin.describe_consumer_groups(groups, request_timeout=max(1.0, time_left(deadline, request_timeout)))
+    found = {}
+    for group, future in futures.items():
+        try:
+            description = result_of(future, request_timeout)
+        except (KafkaException, TimeoutError):
+            continue
+        found[group] = (group_state_name(description.state), len(description.members))
+    return found
 
 
 # -- resetting -------------------------------------------------------------------------------------
@@ -224,13 +382,7 @@ class ResetTarget:
         if kind == "offset" and value.isdigit():
             return cls("offset", offset=int(value))
         if kind == "timestamp" and value:
-            try:
-                moment = datetime.fromisoformat(value)
-            except ValueError:
-                raise ValueError(f"{value!r} is not an ISO 8601 time (e.g. 2026-01-31T12:00:00Z)") from None
-            if moment.tzinfo is None:
-                moment = moment.replace(tzinfo=UTC)  # a time without zone is read as UTC
-            return cls("timestamp", timestamp_ms=int(moment.timestamp() * 1000))
+            return cls("timestamp", timestamp_ms=int(utc_moment(value).timestamp() * 1000))
         raise ValueError(f"{text!r}: expected earliest, latest, offset:N or timestamp:ISO-8601")
 
     def __str__(self) -> str:
@@ -310,8 +462,8 @@ def plan_reset(config: Config, group: str, topic: str, target: ResetTarget, *, d
             raise GroupToolError(f"topic {topic!r} does not exist")
         keys = [(topic, p) for p in partitions]
         if target.kind == "timestamp":
-            at_time = _offsets_for_time(kafka.admin, keys, target.timestamp_ms, deadline=deadline,
-                                        request_timeout=timeout)
+            at_time = offsets_for_time(kafka.admin, keys, target.timestamp_ms, deadline=deadline,
+                                       request_timeout=timeout)
         return _plan(config, kafka, group, keys, new_offset, f"of {topic} to {target}", deadline=deadline)
 
 
@@ -358,17 +510,6 @@ def _plan(config: Config, kafka: KafkaSession, group: str, keys: list[Partition]
     return ResetPlan(group, description, state, members, tuple(planned),
                      cluster_id(kafka, deadline=deadline),
                      config.kafka.bootstrap_servers, not_restorable)
-
-
-def _offsets_for_time(admin: AdminClient, keys: list[Partition], timestamp_ms: int, *, deadline: float,
-                      request_timeout: float) -> dict[Partition, int]:
-    def attempt(timeout: float) -> dict[Partition, int]:
-        futures = admin.list_offsets({TopicPartition(t, p): OffsetSpec.for_timestamp(timestamp_ms) for t, p in keys},
-                                     request_timeout=timeout)
-        return {(tp.topic, tp.partition): result_of(future, timeout).offset for tp, future in futures.items()}
-
-    return retry_transient(attempt, what="finding the offsets for the time", deadline=deadline,
-                           request_timeout=request_timeout)
 
 
 def execute_reset(config: Config, plan: ResetPlan, *, save_to: Path | None = None, deadline: float | None = None,

@@ -120,7 +120,8 @@ class Progress:
         return 100.0 if self.discovered == 0 else 100.0 * self.finished / self.discovered
 
 
-def _file_path(message: Message, role: str) -> str | None:
+def file_path_of(message: Message, role: str) -> str | None:
+    """The file a record of a stage's topic (``role``: request, completed, failed, dlq) is about."""
     if role == "dlq":
         original = parse_dead_letter(message.value()).original_payload
         payload = payload_of(original if isinstance(original, dict) else None)
@@ -219,11 +220,13 @@ class RequestFollower:
             self._positions[key] = message.offset() + 1
             self._records_read += 1
             if record_correlation_id(message.value()) == self.correlation_id:
-                self._count(message)
+                self.count(message)
                 changed = True
         return changed
 
-    def _count(self, message: Message) -> None:
+    def count(self, message: Message) -> None:
+        """Count one record of this correlation id from a followed topic (a completed, failed or dead
+        letter topic of a stage)."""
         stage, role = self._roles[message.topic()]
         first = stage == self._first.name
         if first:
@@ -241,7 +244,7 @@ class RequestFollower:
             self._dead_lettered[stage] += 1
         if first:
             return
-        path = _file_path(message, role)
+        path = file_path_of(message, role)
         if path is None:
             self._unreadable += 1
             return

@@ -92,7 +92,7 @@ def gather_status(config: Config, *, deadline: float | None = None) -> Status:
     (time.monotonic(); default DEFAULT_RETRY_SECONDS from now). Every Kafka read goes through one
     admin client."""
     deadline = time.monotonic() + DEFAULT_RETRY_SECONDS if deadline is None else deadline
-    services = tuple(health.probe_all([health.Target(s.name, s.url) for s in config.services],
+    services = tuple(health.probe_all(health.targets(config.services),
                                       timeout_seconds=config.exporter.health_timeout_seconds,
                                       max_body_bytes=config.exporter.health_max_body_bytes))
     with KafkaSession(config.kafka) as kafka:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pipeline.config import Config
@@ -65,16 +66,27 @@ class UnreadableRecordSeen:
 
 
 @dataclass(frozen=True)
+class RoleSpan:
+    """A stage role's events of the correlation id: how many, and the first and last record time."""
+
+    count: int
+    first: float | None  # record timestamps, seconds since the epoch
+    last: float | None
+
+
+@dataclass(frozen=True)
 class Trace:
     correlation_id: str
     events: tuple[TracedEvent, ...]
     records_scanned: int
     missing_topics: tuple[str, ...]  # stage topics that do not exist
     unread_partitions: tuple[str, ...]  # partitions whose offsets could not be read
-    complete: bool  # False when the time limit ended the read before every high watermark
+    complete: bool  # False when the time limit or max_events ended the read before every high watermark
     summary: dict[str, dict[str, int]] = field(default_factory=dict)  # stage → count name → count
     unreadable_count: int = 0  # records holding the id's text that could not be read, skipped
     unreadable: tuple[UnreadableRecordSeen, ...] = ()  # the first MAX_UNREADABLE_LISTED of them
+    spans: dict[str, dict[str, RoleSpan]] = field(default_factory=dict)  # stage → role → its events' span
+    max_events_reached: bool = False  # the read stopped at max_events, not at the high watermarks
 
 
 def prefilter(correlation_id: str) -> bytes:
@@ -84,7 +96,11 @@ def prefilter(correlation_id: str) -> bytes:
     return max(runs, key=len).encode() if runs else b""
 
 
-def trace(config: Config, correlation_id: str, timeout_seconds: float = 120.0) -> Trace:
+def trace(config: Config, correlation_id: str, timeout_seconds: float = 120.0, max_events: int | None = None,
+          on_progress: Callable[[int, int, int], None] | None = None) -> Trace:
+    """The correlation id's records; ``max_events``: stop once that many are found. Partitions are
+    read side by side, not in time order, so those are the first found, not the earliest written.
+    ``on_progress(records read, records to read, events found)`` is called every _BATCH_RECORDS records."""
     started = time.monotonic()
     kafka_timeout = config.kafka.request_timeout_seconds
     roles = config.pipeline_topics  # topic → (stage, role)
@@ -101,9 +117,12 @@ def trace(config: Config, correlation_id: str, timeout_seconds: float = 120.0) -
         watermarks = all_watermarks(kafka.admin, keys, deadline=deadline, request_timeout=kafka_timeout)
         records = iter_records(kafka.reader(**_SCAN_SETTINGS), watermarks.low, watermarks.high, deadline=deadline,
                                batch_size=_BATCH_RECORDS)
+        to_read = sum(watermarks.high[key] - watermarks.low[key] for key in watermarks.high)
         with contextlib.closing(records):
             for record in records:
                 scanned += 1
+                if on_progress is not None and scanned % _BATCH_RECORDS == 0:
+                    on_progress(scanned, to_read, len(events))
                 value = record.value()
                 if value is None or needle not in value:
                     continue
@@ -120,7 +139,10 @@ def trace(config: Config, correlation_id: str, timeout_seconds: float = 120.0) -
                 stage, role = roles[record.topic()]
                 events.append(TracedEvent(record_timestamp_seconds(record), stage.name, role, record.topic(),
                                           record.partition(), record.offset(), event))
-        complete = time.monotonic() < deadline
+                if max_events is not None and len(events) >= max_events:
+                    break
+        max_events_reached = max_events is not None and len(events) >= max_events
+        complete = time.monotonic() < deadline and not max_events_reached
     # Records written in the same millisecond keep the pipeline's order: stage, then role.
     events.sort(key=lambda e: (e.timestamp if e.timestamp is not None else float("inf"),
                                stage_order.index(e.stage), _ROLE_ORDER.index(e.role), e.partition, e.offset))
@@ -137,4 +159,17 @@ def trace(config: Config, correlation_id: str, timeout_seconds: float = 120.0) -
         summary=summary,
         unreadable_count=unreadable_count,
         unreadable=tuple(unreadable),
+        spans=_spans(events, stage_order),
+        max_events_reached=max_events_reached,
     )
+
+
+def _spans(events: list[TracedEvent], stage_order: list[str]) -> dict[str, dict[str, RoleSpan]]:
+    spans: dict[str, dict[str, RoleSpan]] = {}
+    for stage in stage_order:
+        for role in _ROLE_ORDER:
+            times = [e.timestamp for e in events if e.stage == stage and e.role == role]
+            known = [t for t in times if t is not None]
+            spans.setdefault(stage, {})[role] = RoleSpan(len(times), min(known, default=None),
+                                                         max(known, default=None))
+    return spans

@@ -8,9 +8,12 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from pipeline.config import load_config
+from treewatch.exit_codes import ExitCode
+from treewatch.tools_cli import print_json
 
 _LABEL = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_./]*)=([-A-Za-z0-9_.]*)$")
 _DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -33,6 +36,8 @@ def add_generate_command(sub: argparse._SubParsersAction) -> None:
     generate.add_argument("--kubernetes-label", type=_label, action="append", default=[], metavar="KEY=VALUE",
                           help="a label of every Kubernetes object, e.g. release=kube-prometheus-stack for its "
                                "rule and ServiceMonitor selectors (repeatable)")
+    generate.add_argument("--json", action="store_true", help="print the files written (and alerts no test fires) "
+                                                              "as one JSON document")
     generate.set_defaults(run=_generate)
 
 
@@ -58,17 +63,23 @@ def _generate(args: argparse.Namespace) -> int:
         if args.config is not None:
             print("treewatch generate: --config writes a deployment's files: give --out DIR (the repository's "
                   "generated files are the defaults')", file=sys.stderr)
-            return 2
-        for path in write(repository_files(), Path("/")):
-            print(path)
-        return 0
+            return ExitCode.USAGE
+        return _written(args, write(repository_files(), Path("/")))
     config = load_config(args.config)
     deployment = Deployment(config, origin=args.config, exporter_target=args.exporter_target, cluster=args.cluster,
                             namespace=args.namespace, kubernetes_labels=dict(args.kubernetes_label))
-    for path in write(deployment_files(deployment), args.out):
-        print(path)
+    written = write(deployment_files(deployment), args.out)
     untested = untested_alerts(config.monitoring)
     if untested:
         print(f"WARNING: no generated promtool test makes {', '.join(untested)} fire with these values; "
               f"review them by hand", file=sys.stderr)
-    return 0
+    return _written(args, written, untested)
+
+
+def _written(args: argparse.Namespace, paths: Iterable[Path], untested: Sequence[str] = ()) -> ExitCode:
+    if args.json:
+        print_json({"written": [str(path) for path in paths], "untested_alerts": list(untested)})
+    else:
+        for path in paths:
+            print(path)
+    return ExitCode.OK

@@ -7,6 +7,9 @@ import argparse
 import json
 import sys
 
+from treewatch.exit_codes import ExitCode
+from treewatch.tools_cli import print_json
+
 DEFAULT_CONTROL = "127.0.0.1:9850"
 DEFAULT_SIMULATOR_URL = f"http://{DEFAULT_CONTROL}"
 
@@ -38,6 +41,7 @@ def add_incident_commands(sub: argparse._SubParsersAction) -> None:
         parser = actions.add_parser(action, help=text)
         parser.add_argument("--simulator", default=DEFAULT_SIMULATOR_URL, metavar="URL",
                             help=f"the simulator's control address (default {DEFAULT_SIMULATOR_URL})")
+        parser.add_argument("--json", action="store_true", help="print the simulator's answer as JSON")
         if action != "list":
             parser.add_argument("name", metavar="NAME", help="an incident of the catalogue (`treewatch incident list`)")
         if action == "start":
@@ -52,16 +56,23 @@ def _run(args: argparse.Namespace) -> int:
     client = ControlClient(args.simulator)
     try:
         if args.action == "list":
-            _print_list(client.describe())
+            answer = client.describe()
         elif args.action == "start":
             parameters = {dest: getattr(args, dest) for dest in PARAMETER_OPTIONS if getattr(args, dest) is not None}
-            print(f"started {client.start(args.name, **parameters)['started']}")
+            answer = client.start(args.name, **parameters)
         else:
-            print(f"stopped {client.stop(args.name)['stopped']}")
+            answer = client.stop(args.name)
     except ControlError as error:
         print(f"treewatch incident {args.action}: {error}", file=sys.stderr)
-        return 1
-    return 0
+        return ExitCode.FAILURE
+    if args.json:
+        print_json(answer)
+    elif args.action == "list":
+        _print_list(answer)
+    else:
+        done = {"start": "started", "stop": "stopped"}[args.action]  # the answer's key, as it says it
+        print(f"{done} {answer[done]}")
+    return ExitCode.OK
 
 
 def _print_list(described: dict) -> None:

@@ -21,6 +21,7 @@ from alerts.rules_diff import RulesInputError, diff, to_json, to_markdown
 
 # The configuration file's bounded YAML loading, and its messages.
 from pipeline.config import MAX_CONFIG_BYTES, ConfigError, parse_bounded_yaml, read_text_file
+from treewatch.exit_codes import ExitCode
 from treewatch.tools_cli import print_json
 
 GENERATED_DIR = "alerts/generated"
@@ -76,12 +77,12 @@ def _rules_diff(args: argparse.Namespace) -> int:
                       old_source=old.label, new_source=new.label)
     except (UnreadableInput, RulesInputError) as error:
         print(f"treewatch rules diff: {error}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     if args.json:
         print_json(to_json(result))
     else:
         sys.stdout.write(to_markdown(result, args.old, args.new))
-    return 0 if result.empty else 1
+    return ExitCode.of(result.empty)
 
 
 def _side(spec: str, repo: Path, generated_dir: str) -> Side:
