@@ -12,8 +12,9 @@ class BackgroundHTTPServer:
     """``ThreadingHTTPServer(address, handler)`` served by a daemon thread once entered, shut down
     and closed on exit. Port 0 in ``address`` takes a free port: ``base_url`` tells which."""
 
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], *, name: str) -> None:
-        self._server = ThreadingHTTPServer(address, handler)
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], *, name: str,
+                 server_class: type[ThreadingHTTPServer] = ThreadingHTTPServer) -> None:
+        self._server = server_class(address, handler)
         # A client that keeps its connection open must not hold up the exit.
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name=name, daemon=True)

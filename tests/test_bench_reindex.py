@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from devkafka import KafkaCluster, free_port
-from pipeline.config import DEFAULT_SERVICES, DEFAULT_STAGES, Config, load_config
+from devkafka import KafkaCluster
+from pipeline.config import Config, load_config
 from pipeline.events import correlation_id, decode_json_object
 from pipeline.kafka import admin_client, fetch_watermarks, read_records, reader, topic_partitions
 from simulator import Simulator, SimulatorSettings
+from tests.config_files import own_pipeline, write_config_file
 from tools.bench import percentiles, run_bench
 from treewatch.cli import main
 
@@ -26,16 +27,8 @@ FILES_WITHOUT_A_COUNT = 20  # what the simulator's discovery reports when the re
 
 @pytest.fixture(scope="module")
 def config_file(kafka: KafkaCluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    suffix = uuid.uuid4().hex[:10]
-    data = {
-        "env": f"benchtest-{suffix}",
-        "kafka": {"bootstrap_servers": kafka.bootstrap_servers, "request_timeout_seconds": 10},
-        "stages": {name: {"group": f"{stage['group']}-{suffix}"} for name, stage in DEFAULT_STAGES.items()},
-        "services": {name: {"url": f"http://127.0.0.1:{free_port()}/health"} for name in DEFAULT_SERVICES},
-    }
-    path = tmp_path_factory.mktemp("bench") / "treewatch.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    data = own_pipeline("benchtest", kafka.bootstrap_servers, request_timeout_seconds=10)
+    return write_config_file(tmp_path_factory.mktemp("bench") / "treewatch.yaml", data)
 
 
 @pytest.fixture(scope="module")

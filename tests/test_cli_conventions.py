@@ -21,14 +21,14 @@ from pathlib import Path
 
 import confluent_kafka
 import pytest
-import yaml
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 
-from devkafka import KafkaCluster, free_port
-from pipeline.config import DEFAULT_SERVICES, DEFAULT_STAGES, Config, load_config
+from devkafka import KafkaCluster
+from pipeline.config import Config, load_config
 from pipeline.events import dead_letter, envelope
 from pipeline.kafka import admin_client, producer
 from simulator import Simulator, SimulatorSettings
+from tests.config_files import own_pipeline, write_config_file
 from tools.trace import Trace, TracedEvent
 from treewatch.cli import build_parser
 from treewatch.exit_codes import ExitCode
@@ -78,17 +78,9 @@ def treewatch_in_terminal(*argv: str, env: dict[str, str] | None = None, timeout
 
 @pytest.fixture(scope="module")
 def config_file(kafka: KafkaCluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    suffix = uuid.uuid4().hex[:10]
-    data = {
-        # The env names the topics: long enough that the DLQ table is wider than a narrow terminal.
-        "env": f"conventions-{suffix}",
-        "kafka": {"bootstrap_servers": kafka.bootstrap_servers, "request_timeout_seconds": 10},
-        "stages": {name: {"group": f"{stage['group']}-{suffix}"} for name, stage in DEFAULT_STAGES.items()},
-        "services": {name: {"url": f"http://127.0.0.1:{free_port()}/health"} for name in DEFAULT_SERVICES},
-    }
-    path = tmp_path_factory.mktemp("conventions") / "treewatch.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    # The env names the topics: long enough that the DLQ table is wider than a narrow terminal.
+    data = own_pipeline("conventions", kafka.bootstrap_servers, request_timeout_seconds=10)
+    return write_config_file(tmp_path_factory.mktemp("conventions") / "treewatch.yaml", data)
 
 
 @pytest.fixture(scope="module")

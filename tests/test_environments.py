@@ -21,12 +21,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-import yaml
 
 from alerts import generate
 from alerts.alertmanager import ALERTS_RECEIVER, ONCALL_RECEIVER, alertmanager_config
@@ -46,9 +44,10 @@ from localbundle.stack import (
     running_prometheus,
 )
 from pipeline.config import DEFAULT_SERVICES, Config, load_config, parse_config
-from pipeline.http_serving import BackgroundHTTPServer
 from pipeline.kafka import OutgoingRecord, admin_client, produce_and_confirm, producer
 from simulator.topics import ensure_topics
+from tests.config_files import exporter_watching, write_config_file
+from tests.http_stubs import AlwaysHealthy, serving
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -82,25 +81,6 @@ def await_value(what: str, read: Callable[[], T | None], timeout: float) -> T:
 
 # -- the pipelines under watch --------------------------------------------------------------------
 
-class HealthyServices(BackgroundHTTPServer):
-    """The pipeline's four /health endpoints, all answering healthy, so no service alert pages."""
-
-    def __init__(self) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-                body = json.dumps({"status": "healthy"}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (http.server's signature)
-                pass
-
-        super().__init__(("127.0.0.1", 0), Handler, name="healthy-services")
-
-
 @dataclass(frozen=True)
 class Environment:
     """One environment's pipeline: its Kafka cluster, configuration and exporter."""
@@ -128,16 +108,9 @@ def write_config(workdir: Path, env: str, bootstrap_servers: str, services_url: 
         "env": env,
         "kafka": {"bootstrap_servers": bootstrap_servers},
         "services": {name: {"url": f"{services_url}/{name}/health"} for name in DEFAULT_SERVICES},
-        "exporter": {
-            "listen_address": f"127.0.0.1:{free_port()}",
-            "refresh_interval_seconds": REFRESH_SECONDS,
-            "health_timeout_seconds": REFRESH_SECONDS * 0.8,
-            "topics": {"allow": [rf"{env}\..*"]},
-        },
+        "exporter": exporter_watching(env, REFRESH_SECONDS),
     }
-    path = workdir / f"treewatch-{env}.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+    return write_config_file(workdir / f"treewatch-{env}.yaml", data)
 
 
 def start_environment(stack: ExitStack, workdir: Path, name: str, kafka: KafkaCluster,
@@ -174,9 +147,10 @@ def watch(kafka: KafkaCluster, tmp_path_factory) -> Iterator[Watch]:
     workdir = tmp_path_factory.mktemp("environments")
     with ExitStack() as stack:
         prod_kafka = stack.enter_context(KafkaCluster(nodes=1))
-        services = stack.enter_context(HealthyServices())
-        dev = start_environment(stack, workdir, "dev", kafka, services.base_url)
-        prod = start_environment(stack, workdir, "prod", prod_kafka, services.base_url)
+        # The pipeline's four /health endpoints, all healthy, so no service alert pages.
+        services_url = stack.enter_context(serving(AlwaysHealthy, name="healthy-services"))
+        dev = start_environment(stack, workdir, "dev", kafka, services_url)
+        prod = start_environment(stack, workdir, "prod", prod_kafka, services_url)
         sink = stack.enter_context(SlackSink())
         folder = workdir / "monitoring"
         folder.mkdir()

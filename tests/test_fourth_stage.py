@@ -16,23 +16,24 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 import treewatch  # noqa: F401  (registers every section of the configuration file, the exporter's included)
-from devkafka import KafkaCluster, free_port, free_ports
+from devkafka import KafkaCluster, free_ports
 from devkafka.processes import running_process
 from localbundle.stack import MonitoringStack, monitoring_stack
-from pipeline.config import DEFAULT_SERVICES, DEFAULT_STAGES, Config, load_config
+from pipeline.config import Config, load_config
 from pipeline.events import discovery_request
 from simulator.control import ControlClient
+from tests.config_files import own_pipeline, unreachable_services, write_config_file
+from tests.waiting import WITHIN_SECONDS, wait_for
 from tools.request_journey import RequestFollower, publish_discovery_request
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,8 +49,6 @@ REFRESH_SECONDS = 1.0
 # The steady load, so rates over the (scaled) windows stay above zero.
 FILES = 10
 PROJECT_SECONDS = 2.0
-# Bounds on waiting, never expected durations: generous for a busy 2-core machine.
-WITHIN_SECONDS = 180.0
 
 
 @dataclass
@@ -68,8 +67,12 @@ class Pipeline:
 
     def treewatch_json(self, *args: str) -> Any:
         done = self.treewatch(*args, "--json")
-        assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout)
+        assert done.stdout, done.stderr
+        document = json.loads(done.stdout)
+        # bench exits 1 when it completes but misses one of the guide's targets (a few files cannot meet them).
+        expected = 0 if document.get("targets_met", True) else 1
+        assert done.returncode == expected, done.stderr
+        return document
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         return self.stack.prometheus.query(expr)
@@ -78,34 +81,17 @@ class Pipeline:
 def write_config(workdir: Path, bootstrap_servers: str) -> Path:
     """The guide's pipeline plus a fourth stage and its service, with topics, groups and ports of
     its own, and an exporter watching only them (the session broker carries other tests' too)."""
-    suffix = uuid.uuid4().hex[:8]
-    env = f"fourth-{suffix}"
-    stages: dict[str, dict[str, str]] = {name: {"group": f"{stage['group']}-{suffix}"}
-                                         for name, stage in DEFAULT_STAGES.items()}
-    stages[NEW_STAGE] = {
+    suffix = uuid.uuid4().hex[:10]
+    data = own_pipeline("fourth", bootstrap_servers, suffix=suffix, exporter_refresh_seconds=REFRESH_SECONDS)
+    data["stages"][NEW_STAGE] = {
         "request_topic": "{env}.archon-intelligence.tree.enrich.v1",
         "completed_topic": "{env}.archon-intelligence.tree.enrich-completed.v1",
         "failed_topic": "{env}.archon-intelligence.tree.enrich-failed.v1",
         "dlq_topic": "{env}.archon-intelligence.tree.enrich.v1.dlq",
         "group": f"enrichment-group-{suffix}",
     }
-    services = {name: {"url": f"http://127.0.0.1:{free_port()}/health"} for name in [*DEFAULT_SERVICES, NEW_SERVICE]}
-    data = {
-        "env": env,
-        "kafka": {"bootstrap_servers": bootstrap_servers},
-        "stages": stages,
-        "services": services,
-        "exporter": {
-            "listen_address": f"127.0.0.1:{free_port()}",
-            "refresh_interval_seconds": REFRESH_SECONDS,
-            "health_timeout_seconds": REFRESH_SECONDS * 0.8,
-            "groups": {"allow": [f".*-{suffix}"]},
-            "topics": {"allow": [rf"{env}\..*"]},
-        },
-    }
-    path = workdir / "treewatch.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+    data["services"].update(unreachable_services([NEW_SERVICE]))
+    return write_config_file(workdir / "treewatch.yaml", data)
 
 
 def treewatch_command(*args: str) -> list[str]:
@@ -134,20 +120,6 @@ def pipeline(kafka: KafkaCluster, tmp_path_factory: pytest.TempPathFactory) -> I
             time_scale=TIME_SCALE, scrape_seconds=REFRESH_SECONDS))
         assert not stack.notes, stack.notes
         yield Pipeline(config, config_file, ControlClient(control_url), stack, exporter_url, workdir)
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = WITHIN_SECONDS,
-             seen: Callable[[], Any] | None = None) -> Any:
-    """The condition's first true value, polled until ``timeout``; ``seen`` says what there was instead."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            instead = f"; seen: {seen()}" if seen else ""
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}{instead}")
-        time.sleep(0.5)
 
 
 def stage_series(pipeline: Pipeline, expr: str) -> dict[str, float]:

@@ -8,11 +8,9 @@ server would have let it.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -21,6 +19,7 @@ from exporter import metrics
 from exporter.services_source import ServicesSource
 from pipeline import health
 from pipeline.config import parse_config
+from tests.http_stubs import StubHandler, serving
 
 TIMEOUT = 2.0
 # The misbehaving server holds a hanging request for HANG_SECONDS and trickles a body over 32 s; a
@@ -32,18 +31,18 @@ MAX_BODY = 65_536
 TEN_MB = 10 * 1024 * 1024
 
 
-class _Misbehaving(BaseHTTPRequestHandler):
+class _Misbehaving(StubHandler):
     protocol_version = "HTTP/1.1"
     release: threading.Event  # set on the class by the fixture; frees hanging handlers
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         path = self.path
         if path in ("/healthy", "/degraded", "/unhealthy", "/rebooting", "/OK", "/up"):
-            self._json(200, {"status": path.strip("/"), "version": "1.2.3"})
+            self.answer_json(200, {"status": path.strip("/"), "version": "1.2.3"})
         elif path == "/500-unhealthy":
-            self._json(500, {"status": "unhealthy", "error": "qdrant unreachable"})
+            self.answer_json(500, {"status": "unhealthy", "error": "qdrant unreachable"})
         elif path == "/503-text":
-            self._raw(503, b"Service Unavailable", "text/plain")
+            self.answer(503, b"Service Unavailable", "text/plain")
         elif path == "/hang":
             self.release.wait(HANG_SECONDS)
             self.close_connection = True
@@ -59,16 +58,16 @@ class _Misbehaving(BaseHTTPRequestHandler):
                 self.wfile.flush()
             self.close_connection = True
         elif path == "/garbage-body":
-            self._raw(200, b"<html>it works!</html>", "text/html")
+            self.answer(200, b"<html>it works!</html>", "text/html")
         elif path == "/garbage-protocol":
             self.wfile.write(b"\x00\x17 not HTTP at all \xff\r\n\r\n")
             self.close_connection = True
         elif path == "/no-status":
-            self._json(200, {"state": "healthy"})
+            self.answer_json(200, {"state": "healthy"})
         elif path == "/status-not-a-string":
-            self._json(200, {"status": {"db": "ok"}})
+            self.answer_json(200, {"status": {"db": "ok"}})
         elif path == "/ten-mb":
-            self._raw(200, b"{" + b" " * TEN_MB + b"}", "application/json")
+            self.answer(200, b"{" + b" " * TEN_MB + b"}")
         elif path == "/ten-mb-no-length":
             # HTTP/1.0 style: no Content-Length, the body ends when the connection closes.
             self.wfile.write(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n")
@@ -89,41 +88,16 @@ class _Misbehaving(BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
         else:
-            self._raw(404, b"no such path", "text/plain")
-
-    def _json(self, code: int, document: object) -> None:
-        self._raw(code, json.dumps(document).encode(), "application/json")
-
-    def _raw(self, code: int, body: bytes, content_type: str) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-        pass
-
-
-class _QuietServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        pass  # the probe hanging up on a 10 MB answer is the point, not an error
+            self.answer(404, b"no such path", "text/plain")
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
     release = threading.Event()
     handler = type("Handler", (_Misbehaving,), {"release": release})
-    httpd = _QuietServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    release.set()
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(10)
+    with serving(handler) as base_url:
+        yield base_url
+        release.set()
 
 
 def _probe(url: str) -> health.ProbeResult:

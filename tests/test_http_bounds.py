@@ -15,8 +15,8 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
@@ -30,6 +30,7 @@ from exporter.render import Format, Renderer, render
 from exporter.server import Endpoints, ExporterHTTPServer, Limits, accepts_gzip, prefers_openmetrics
 from exporter.snapshot import Sample, Snapshot
 from pipeline.config import parse_config
+from tests.exporter_serving import serving_snapshot
 
 # What Prometheus 2.x sends by default (scrape_protocols: OpenMetrics first, then the text format).
 PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;"
@@ -53,18 +54,9 @@ def large_snapshot() -> Snapshot:
     return lag_snapshot(8_000, group_name_bytes=800)
 
 
-@contextmanager
 def serving(snapshot: Snapshot, limits: Limits = QUICK,
-            authorize: Callable[[str], bool] | None = None) -> Iterator[ExporterHTTPServer]:
-    renderer = Renderer(lambda: snapshot)
-    endpoints = Endpoints(renderer=renderer, ready=lambda: True, landing_page=lambda: "<p>landing</p>")
-    server = ExporterHTTPServer(("127.0.0.1", 0), endpoints, authorize=authorize, limits=limits)
-    server.serve_in_thread()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
+            authorize: Callable[[str], bool] | None = None) -> AbstractContextManager[ExporterHTTPServer]:
+    return serving_snapshot(snapshot, limits=limits, authorize=authorize)
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = BOUND) -> None:

@@ -19,7 +19,6 @@ import re
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,14 +30,15 @@ import yaml
 
 from alerts import generate
 from alerts.config import CONFIG, MonitoringConfig, format_duration, parse_duration, runbook_anchor
-from devkafka import KafkaCluster, free_port, free_ports
+from devkafka import KafkaCluster, free_ports
 from devkafka.processes import running_process
 from localbundle.drill import Drill, DrillResult, IncidentRun
 from localbundle.incident_alerts import EXPECTED, channels, severities, unknown_alertnames
 from localbundle.stack import MonitoringStack, SlackMessage, monitoring_stack
-from pipeline.config import DEFAULT_SERVICES, DEFAULT_STAGES, Config, load_config
+from pipeline.config import Config, load_config
 from simulator.control import ControlClient
 from simulator.incidents import CATALOGUE, Incident, incident
+from tests.config_files import own_pipeline, write_config_file
 
 REPO = Path(__file__).resolve().parents[1]
 RUNBOOKS = REPO / "docs" / "runbooks.md"
@@ -167,25 +167,8 @@ class Bench:
 def write_config(workdir: Path, bootstrap_servers: str) -> Path:
     """The guide's pipeline with its own topics, groups and ports, and an exporter watching only them
     (the session broker carries every other test's topics and groups too)."""
-    suffix = uuid.uuid4().hex[:8]
-    env = f"incidents-{suffix}"
-    groups = {name: f"{stage['group']}-{suffix}" for name, stage in DEFAULT_STAGES.items()}
-    data = {
-        "env": env,
-        "kafka": {"bootstrap_servers": bootstrap_servers},
-        "stages": {name: {"group": group} for name, group in groups.items()},
-        "services": {name: {"url": f"http://127.0.0.1:{free_port()}/health"} for name in DEFAULT_SERVICES},
-        "exporter": {
-            "listen_address": f"127.0.0.1:{free_port()}",
-            "refresh_interval_seconds": REFRESH_SECONDS,
-            "health_timeout_seconds": REFRESH_SECONDS * 0.8,
-            "groups": {"allow": [f".*-{suffix}"]},
-            "topics": {"allow": [rf"{env}\..*"]},
-        },
-    }
-    path = workdir / "treewatch.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+    data = own_pipeline("incidents", bootstrap_servers, exporter_refresh_seconds=REFRESH_SECONDS)
+    return write_config_file(workdir / "treewatch.yaml", data)
 
 
 @contextlib.contextmanager

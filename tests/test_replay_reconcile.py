@@ -26,12 +26,14 @@ from confluent_kafka.admin import NewTopic
 
 from devkafka import KafkaCluster, free_port
 from devkafka.processes import running_process
-from pipeline.config import DEFAULT_SERVICES, DEFAULT_STAGES, Config, load_config
+from pipeline.config import Config, load_config
 from pipeline.events import discovery_request, envelope
 from pipeline.kafka import KafkaSession, iter_records, reader
 from pipeline.kafka_errors import all_watermarks
 from simulator.control import ControlClient
 from simulator.stages import ERROR_TYPES
+from tests.config_files import own_pipeline, write_config_file
+from tests.waiting import WITHIN_SECONDS, wait_for
 from tools.dlq import REPLAYED_FROM_HEADER
 from tools.event_scan import EventSelector
 from tools.reconcile import reconcile
@@ -40,8 +42,6 @@ from tools.request_journey import publish_discovery_request
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(900)
 
-# Bounds on waiting, never expected durations: generous for a busy 2-core machine.
-WITHIN_SECONDS = 180.0
 FILES = 16
 
 
@@ -73,16 +73,7 @@ def treewatch_command(*args: str) -> list[str]:
 
 def write_config(workdir: Path, bootstrap_servers: str) -> Path:
     """The guide's pipeline with topics and groups of its own (the session broker carries other tests')."""
-    suffix = uuid.uuid4().hex[:8]
-    data = {
-        "env": f"replay-{suffix}",
-        "kafka": {"bootstrap_servers": bootstrap_servers},
-        "stages": {name: {"group": f"{stage['group']}-{suffix}"} for name, stage in DEFAULT_STAGES.items()},
-        "services": {name: {"url": f"http://127.0.0.1:{free_port()}/health"} for name in DEFAULT_SERVICES},
-    }
-    path = workdir / "treewatch.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+    return write_config_file(workdir / "treewatch.yaml", own_pipeline("replay", bootstrap_servers))
 
 
 @pytest.fixture(scope="module")
@@ -95,18 +86,6 @@ def pipeline(kafka: KafkaCluster, tmp_path_factory: pytest.TempPathFactory) -> I
             "--partitions", "2", "--control", control_url.removeprefix("http://")),
             f"{control_url}/incidents", workdir / "simulator.log", timeout=WITHIN_SECONDS):
         yield Pipeline(load_config(config_file, environ={}), config_file, ControlClient(control_url))
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = WITHIN_SECONDS) -> Any:
-    """The condition's first true value, polled until ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.5)
 
 
 def end_offsets(config: Config, topics: list[str]) -> dict[tuple[str, int], int]:

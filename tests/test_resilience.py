@@ -7,7 +7,6 @@ client timeout: an exporter that blocked on Kafka would fail it.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -17,7 +16,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -30,6 +28,7 @@ from exporter.app import build_exporter
 from exporter.metrics import Part
 from pipeline.config import Config, parse_config
 from pipeline.kafka import LibrdkafkaLog
+from tests.http_stubs import AlwaysHealthy, serving
 
 REFRESH = 0.5
 REQUEST_TIMEOUT = 2.0
@@ -50,29 +49,10 @@ def own_kafka() -> Iterator[KafkaCluster]:
         yield cluster
 
 
-class _Healthy(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        body = json.dumps({"status": "healthy"}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-        pass
-
-
 @pytest.fixture(scope="module")
 def health_url() -> Iterator[str]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Healthy)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/health"
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(10)
+    with serving(AlwaysHealthy) as base_url:
+        yield f"{base_url}/health"
 
 
 def _config_data(kafka: KafkaCluster, health_url: str, listen: str = "127.0.0.1:0") -> dict:

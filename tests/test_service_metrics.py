@@ -18,11 +18,9 @@ import contextlib
 import dataclasses
 import json
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +40,7 @@ from exporter.services_source import ServicesSource
 from pipeline import cache_metrics, health
 from pipeline.config import DEFAULT_STAGES, Config, default_services_at, load_config, parse_config
 from simulator.service_metrics import DEFAULT_CACHE_HIT_RATE
+from tests.http_stubs import StubHandler, serving
 
 PROMETHEUS = "/usr/bin/prometheus"
 MAX_BODY_BYTES = 4096
@@ -76,12 +75,12 @@ EXPECTED_REASONS = {
 }
 
 
-class _CacheHandler(BaseHTTPRequestHandler):
+class _CacheHandler(StubHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         if self.path == "/health":
-            self._answer(200, b'{"status": "healthy"}')
+            self.answer(200, b'{"status": "healthy"}')
             return
         status, body = ANSWERS[self.path]
         if body == "endless":
@@ -101,38 +100,13 @@ class _CacheHandler(BaseHTTPRequestHandler):
                     self.wfile.flush()
                     time.sleep(0.1)  # the slow sender the reader's timeout must cut off
         else:
-            self._answer(status, body)
-
-    def _answer(self, status: int, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (http.server's signature)
-        pass
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 64  # every service's probe and read connect at once
-
-    def handle_error(self, request: object, client_address: tuple[str, int]) -> None:
-        pass  # a reader that gave up on the endless or trickled body is what these tests are about
+            self.answer(status, body)
 
 
 @pytest.fixture(scope="module")
 def cache_server() -> Iterator[str]:
-    server = _Server(("127.0.0.1", 0), _CacheHandler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+    with serving(_CacheHandler) as base_url:
+        yield base_url
 
 
 def _config(services: dict[str, dict[str, str]]) -> Config:

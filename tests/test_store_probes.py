@@ -14,7 +14,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -27,6 +26,7 @@ from localbundle.stack import SlackSink, monitoring_config, running_alertmanager
 from pipeline import health
 from pipeline.config import DEFAULT_SERVICES, ConfigError, default_services_at, load_config, parse_config
 from simulator import HealthEndpoints
+from tests.http_stubs import StubHandler, serving
 
 TIMEOUT = 2.0
 # A hanging handler holds its request this long and an endless body streams until the prober hangs up;
@@ -37,19 +37,19 @@ MAX_BODY = 65_536
 WITHIN_SECONDS = 60.0
 
 
-class _Store(BaseHTTPRequestHandler):
+class _Store(StubHandler):
     protocol_version = "HTTP/1.1"
     release: threading.Event  # set on the class by the fixture; frees hanging handlers
     endless_body_left: threading.Event  # set once the prober hung up on the endless body
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         if self.path == "/readyz":
-            self._raw(200, b"all shards are ready")
+            self.answer(200, b"all shards are ready", "text/plain")
         elif self.path == "/no-content":
             self.send_response(204)
             self.end_headers()
         elif self.path == "/not-ready":
-            self._raw(503, b"some shards are not ready")
+            self.answer(503, b"some shards are not ready", "text/plain")
         elif self.path == "/loop":
             self.send_response(302)
             self.send_header("Location", "/loop")
@@ -61,7 +61,7 @@ class _Store(BaseHTTPRequestHandler):
         elif self.path == "/endless":
             self._endless()
         else:
-            self._raw(404, b"no such path")
+            self.answer(404, b"no such path", "text/plain")
 
     def _endless(self) -> None:
         """200 with a body that never ends (chunked), until the prober hangs up."""
@@ -77,37 +77,15 @@ class _Store(BaseHTTPRequestHandler):
         except OSError:
             self.endless_body_left.set()
 
-    def _raw(self, code: int, body: bytes) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-        pass
-
-
-class _QuietServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        pass  # a prober hanging up is the point of several paths, not an error
-
 
 @pytest.fixture(scope="module")
 def store() -> Iterator[tuple[str, threading.Event]]:
     """The misbehaving HTTP store's base URL, and the event set once a prober left the endless body."""
     release, left = threading.Event(), threading.Event()
     handler = type("Handler", (_Store,), {"release": release, "endless_body_left": left})
-    httpd = _QuietServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", left
-    release.set()
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(10)
+    with serving(handler) as base_url:
+        yield base_url, left
+        release.set()
 
 
 def _probe(url: str, kind: str) -> health.ProbeResult:

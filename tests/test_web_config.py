@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,12 +37,12 @@ from cryptography.x509.oid import NameOID
 
 from devkafka import free_ports
 from exporter.metrics import KAFKA_CONSUMER_GROUP_LAG, Part
-from exporter.render import Renderer
-from exporter.server import Endpoints, ExporterHTTPServer
+from exporter.server import ExporterHTTPServer
 from exporter.snapshot import Sample, Snapshot
 from exporter.web import EndpointSecurity
 from exporter.web_config import load_web_config, load_web_security
 from pipeline.config import ConfigError
+from tests.exporter_serving import serving_snapshot
 
 ROOT = Path(__file__).resolve().parent.parent
 USER, PASSWORD = "prometheus", "scrape-pass-8e1c"
@@ -114,19 +114,11 @@ def tls_server_config(certs: Certs, **fields: str) -> dict[str, str]:
     return {"cert_file": str(certs.server_cert), "key_file": str(certs.server_key), **fields}
 
 
-@contextmanager
-def serving(security: EndpointSecurity) -> Iterator[ExporterHTTPServer]:
+def serving(security: EndpointSecurity) -> AbstractContextManager[ExporterHTTPServer]:
     snapshot = Snapshot.build([(Part.KAFKA_GROUPS, [Sample(KAFKA_CONSUMER_GROUP_LAG, ("g", "t", "0"), 5.0)])],
                               built_at=1.0, max_series=10)
-    endpoints = Endpoints(renderer=Renderer(lambda: snapshot), ready=lambda: True, landing_page=lambda: "landing")
-    server = ExporterHTTPServer(("127.0.0.1", 0), endpoints, authorize=security.authorize,
-                                tls_context=security.tls_context, headers=security.headers)
-    server.serve_in_thread()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
+    return serving_snapshot(snapshot, authorize=security.authorize, tls_context=security.tls_context,
+                            headers=security.headers)
 
 
 def client_context(certs: Certs, cert: Path | None = None, key: Path | None = None,

@@ -99,6 +99,8 @@ def scan_range(kafka: KafkaSession, topics: Iterable[str], since: float | None, 
 
 @dataclass(frozen=True)
 class UnreadableSample:
+    """A record passed over because it is not a readable JSON object: where it is, its size and why."""
+
     topic: str
     partition: int
     offset: int

@@ -27,6 +27,7 @@ from pipeline.config import Config
 from pipeline.events import UnreadableRecord, correlation_id_of, read_json_object
 from pipeline.kafka import KafkaSession, iter_records, record_timestamp_seconds
 from pipeline.kafka_errors import all_watermarks, partitions_of
+from tools.event_scan import UnreadableSample
 
 # A stage topic's role → the summary column it counts in.
 ROLE_COUNTS = {"request": "requested", "completed": "completed", "failed": "failed", "dlq": "dead_lettered"}
@@ -55,17 +56,6 @@ class TracedEvent:
 
 
 @dataclass(frozen=True)
-class UnreadableRecordSeen:
-    """A record holding the correlation id's text that could not be read, so it was skipped."""
-
-    topic: str
-    partition: int
-    offset: int
-    size: int  # bytes of the record value
-    reason: str
-
-
-@dataclass(frozen=True)
 class RoleSpan:
     """A stage role's events of the correlation id: how many, and the first and last record time."""
 
@@ -84,7 +74,8 @@ class Trace:
     complete: bool  # False when the time limit or max_events ended the read before every high watermark
     summary: dict[str, dict[str, int]] = field(default_factory=dict)  # stage → count name → count
     unreadable_count: int = 0  # records holding the id's text that could not be read, skipped
-    unreadable: tuple[UnreadableRecordSeen, ...] = ()  # the first MAX_UNREADABLE_LISTED of them
+    # The first MAX_UNREADABLE_LISTED records holding the id's text that could not be read.
+    unreadable: tuple[UnreadableSample, ...] = ()
     spans: dict[str, dict[str, RoleSpan]] = field(default_factory=dict)  # stage → role → its events' span
     max_events_reached: bool = False  # the read stopped at max_events, not at the high watermarks
 
@@ -108,7 +99,7 @@ def trace(config: Config, correlation_id: str, timeout_seconds: float = 120.0, m
     stage_order = [s.name for s in config.stages]
     needle = prefilter(correlation_id)
     events = []
-    unreadable: list[UnreadableRecordSeen] = []
+    unreadable: list[UnreadableSample] = []
     unreadable_count = scanned = 0
     with KafkaSession(config.kafka) as kafka:
         # Partitions without a leader for the moment (an election) are asked again until the deadline.
@@ -131,8 +122,8 @@ def trace(config: Config, correlation_id: str, timeout_seconds: float = 120.0, m
                 except UnreadableRecord as error:
                     unreadable_count += 1
                     if len(unreadable) < MAX_UNREADABLE_LISTED:
-                        unreadable.append(UnreadableRecordSeen(record.topic(), record.partition(), record.offset(),
-                                                               len(value), str(error)))
+                        unreadable.append(UnreadableSample(record.topic(), record.partition(), record.offset(),
+                                                           len(value), str(error)))
                     continue
                 if correlation_id_of(event) != correlation_id:
                     continue
