@@ -44,3 +44,19 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
             cluster = item.funcargs.get(name) if hasattr(item, "funcargs") else None
             if isinstance(cluster, KafkaCluster):
                 report.sections.append((f"kafka broker log ({name})", cluster.log_tail()))
+
+
+@pytest.fixture
+def counted_renders(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Every snapshot exporter.render.render is asked to render, in order (the renderer still renders)."""
+    import exporter.render
+
+    renders: list = []
+    real_render = exporter.render.render
+
+    def counting_render(snapshot):
+        renders.append(snapshot)
+        return real_render(snapshot)
+
+    monkeypatch.setattr(exporter.render, "render", counting_render)
+    return renders

@@ -251,14 +251,8 @@ def test_a_scrape_never_waits_for_a_rendering_in_progress(monkeypatch):
         server.server_close()
 
 
-def test_the_refresh_side_renders_each_new_snapshot_before_any_scrape(monkeypatch):
-    renders: list[Snapshot] = []
-
-    def counting_render(snapshot: Snapshot) -> bytes:
-        renders.append(snapshot)
-        return render(snapshot)
-
-    monkeypatch.setattr(exporter.render, "render", counting_render)
+def test_the_refresh_side_renders_each_new_snapshot_before_any_scrape(counted_renders: list[Snapshot]):
+    renders = counted_renders
 
     class OneGroup:
         name = "one-group"

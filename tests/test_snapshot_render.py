@@ -11,7 +11,6 @@ from collections.abc import Mapping, Sequence
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-import exporter.render
 from exporter.metrics import (
     KAFKA_BROKERS,
     KAFKA_CONSUMER_GROUP_LAG,
@@ -158,14 +157,8 @@ def test_the_cap_serves_small_collectors_first_and_keeps_or_drops_a_group_whole(
     assert len(snapshot) == 9 - 2
 
 
-def test_a_scrape_renders_each_snapshot_once(monkeypatch):
-    renders: list[Snapshot] = []
-
-    def counting_render(snapshot: Snapshot) -> bytes:
-        renders.append(snapshot)
-        return render(snapshot)
-
-    monkeypatch.setattr(exporter.render, "render", counting_render)
+def test_a_scrape_renders_each_snapshot_once(counted_renders: list[Snapshot]):
+    renders = counted_renders
     current = Snapshot.build([(Part.DLQ, dlq(1))], built_at=1.0, max_series=10)
     renderer = Renderer(lambda: current)
     first, second = renderer.metrics_text(), renderer.metrics_text()
