@@ -110,8 +110,17 @@ def _all(*parts: Inputs) -> Inputs:
     return lambda config, n: [series for part in parts for series in part(config, n)]
 
 
+_TOPIC_LAG = "kafka_consumer_group_topic_lag"
+_TOPIC_MAX_LAG = "kafka_consumer_group_topic_max_lag"
+_GROUP_TOPIC = {"group": GROUP, "topic": TOPIC}
+
+
 def _lag(value: Callable[[MonitoringConfig], float]) -> Inputs:
-    return _constant("kafka_consumer_group_lag", value, group=GROUP, topic=TOPIC, partition="0")
+    """The group's lag on TOPIC, all of it on one partition, as the per-topic series the exporter reports at
+    every granularity tell it (the rules read no per-partition series)."""
+    return _all(_constant(_TOPIC_LAG, value, **_GROUP_TOPIC), _constant(_TOPIC_MAX_LAG, value, **_GROUP_TOPIC),
+                _constant("kafka_consumer_group_topic_partitions_lagging", lambda c: 1 if value(c) > 0 else 0,
+                          **_GROUP_TOPIC))
 
 
 def _number(value: float) -> str:
@@ -136,8 +145,7 @@ def _low_throughput(lag: Callable[[MonitoringConfig], float]) -> Inputs:
         return [
             Series("tree_pipeline_stage_info", _target(stage=stage, group=group, request_topic=f"{stage}.requests",
                                                         dlq_topic=f"{stage}.dlq"), f"1x{n}"),
-            Series("kafka_consumer_group_lag", _target(group=group, topic=f"{stage}.requests", partition="0"),
-                   f"{_number(lag(config))}x{n}"),
+            Series(_TOPIC_LAG, _target(group=group, topic=f"{stage}.requests"), f"{_number(lag(config))}x{n}"),
             Series("tree_events_processed_total", _target(stage=stage, status="completed"), f"100x{n}"),
         ]
     return series
@@ -160,13 +168,15 @@ def _events(failed_per_minute: int) -> Inputs:
 
 _COLLECTOR_SUCCESS = "treewatch_collector_success"
 _LAST_SUCCESS = "treewatch_collector_last_success_timestamp_seconds"
+# An exporter that reads the topics (unsharded, or shard 0): StageSLIMissing counts only its stages.
+_topics_read = _constant(_COLLECTOR_SUCCESS, 1, collector="kafka_topics")
 
 # alert name -> how to fire it and keep it quiet, from the thresholds. (The always-firing Watchdog is the
 # committed tests' alone.)
 _OFFSETS = "kafka_topic_partition_current_offset"
-_STALLED = "kafka_consumer_group_committed_offset_change_timestamp_seconds"
+_STALLED = "kafka_consumer_group_topic_oldest_progress_timestamp_seconds"
+_TOPIC_MAX_LAG_SECONDS = "kafka_consumer_group_topic_max_lag_seconds"
 _DLQ_OLDEST = "tree_dlq_oldest_record_timestamp_seconds"
-_PARTITION = {"group": GROUP, "topic": TOPIC, "partition": "0"}
 _BRIDGE = {"service": "bridge"}
 _INTELLIGENCE = {ENV_LABEL: ENV, CLUSTER_LABEL: CLUSTER, "job": SERVICES_JOB, "service": "intelligence"}
 
@@ -217,7 +227,7 @@ THRESHOLD_CASES: dict[str, ThresholdCase] = {
     "HighConsumerLag": ThresholdCase(
         _all(_stage_info, _lag(lambda c: c.consumer_lag_records + 1)),
         _all(_stage_info, _lag(lambda c: c.consumer_lag_records)),
-        _labels(**_target(stage=STAGE, **_PARTITION))),
+        _labels(**_target(stage=STAGE, **_GROUP_TOPIC))),
     "DLQOverflow": ThresholdCase(
         _all(_stage_info, _counter(_OFFSETS, _dead_letters_per_minute, topic=DLQ_TOPIC, partition="0")),
         _all(_stage_info, _constant(_OFFSETS, 1000, topic=DLQ_TOPIC, partition="0")),
@@ -238,8 +248,9 @@ THRESHOLD_CASES: dict[str, ThresholdCase] = {
         _events(failed_per_minute=-1), _events(failed_per_minute=0),
         _labels(**_job(stage=STAGE)), holds_from=EVALUATION_INTERVAL),
     "StageSLIMissing": ThresholdCase(
-        _stage_info,
-        _all(_stage_info, _counter("tree_events_processed_total", lambda c: 10, stage=STAGE, status="completed")),
+        _all(_stage_info, _topics_read),
+        _all(_stage_info, _topics_read,
+             _counter("tree_events_processed_total", lambda c: 10, stage=STAGE, status="completed")),
         _labels(**_job(stage=STAGE))),
     "KafkaUnavailable": ThresholdCase(
         _constant(_COLLECTOR_SUCCESS, 0, collector="kafka_cluster"),
@@ -256,18 +267,18 @@ THRESHOLD_CASES: dict[str, ThresholdCase] = {
         _constant("kafka_topic_under_replicated_partitions", 0, topic=TOPIC), _labels(**_target(topic=TOPIC))),
     "ConsumerGroupStalled": ThresholdCase(
         _all(_stage_info, _lag(lambda c: 5),
-             _age(_STALLED, lambda c: c.consumer_stalled_seconds, EVALUATION_INTERVAL, **_PARTITION)),
-        _all(_stage_info, _lag(lambda c: 5), _age(_STALLED, lambda c: c.consumer_stalled_seconds, 0, **_PARTITION)),
-        _labels(**_target(stage=STAGE, **_PARTITION))),
+             _age(_STALLED, lambda c: c.consumer_stalled_seconds, EVALUATION_INTERVAL, **_GROUP_TOPIC)),
+        _all(_stage_info, _lag(lambda c: 5), _age(_STALLED, lambda c: c.consumer_stalled_seconds, 0, **_GROUP_TOPIC)),
+        _labels(**_target(stage=STAGE, **_GROUP_TOPIC))),
     "ConsumerGroupNoMembers": ThresholdCase(
         _all(_stage_info, _lag(lambda c: 5), _constant("kafka_consumer_group_members", 0, group=GROUP)),
         _all(_stage_info, _lag(lambda c: 5), _constant("kafka_consumer_group_members", 1, group=GROUP)),
         _labels(**_target(group=GROUP, stage=STAGE))),
     "ConsumerLagTooOld": ThresholdCase(
-        _all(_stage_info, _constant("kafka_consumer_group_lag_seconds", lambda c: c.consumer_lag_max_age_seconds + 1,
-                                    **_PARTITION)),
-        _all(_stage_info, _constant("kafka_consumer_group_lag_seconds", lambda c: c.consumer_lag_max_age_seconds,
-                                    **_PARTITION)),
+        _all(_stage_info, _constant(_TOPIC_MAX_LAG_SECONDS, lambda c: c.consumer_lag_max_age_seconds + 1,
+                                    **_GROUP_TOPIC)),
+        _all(_stage_info, _constant(_TOPIC_MAX_LAG_SECONDS, lambda c: c.consumer_lag_max_age_seconds,
+                                    **_GROUP_TOPIC)),
         _labels(**_target(group=GROUP, stage=STAGE, topic=TOPIC))),
     "KafkaConsumerGroupsPartiallyRead": ThresholdCase(
         _constant("kafka_consumer_group_read_errors", lambda c: c.consumer_group_read_errors + 1),

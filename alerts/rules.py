@@ -6,6 +6,10 @@ metrics carry no ``stage``: the exporter's ``tree_pipeline_stage_info{stage, gro
 dlq_topic}`` (the running pipeline's configuration) is joined to them, so a group alert says which
 stage is stuck and a renamed group or topic needs no change here.
 
+Group rules read the exporter's per-topic series (``kafka_consumer_group_topic_*``), which it reports
+for every group whatever ``exporter.partition_series`` says, never the optional per-partition ones: they
+give the same answers with per-partition series on, lag only, or off (docs/scale.md).
+
 Recording rules are named level:metric:operations (level = the labels kept besides ``job``, ``env``
 and ``cluster``; the names are in alerts/config.py because the dashboards query them too). Every
 aggregation and join keeps ``env`` and ``cluster`` (alerts/environments.py): one Prometheus may watch
@@ -114,7 +118,7 @@ def _error_ratio(config: MonitoringConfig, window: str) -> str:
 
 def recording_rules(config: MonitoringConfig) -> RuleGroup:
     job = config.exporter_selector
-    lag = _one_replica(_with_stage(f"kafka_consumer_group_lag{{{job}}}", config))
+    lag = _one_replica(_with_stage(f"kafka_consumer_group_topic_lag{{{job}}}", config))
     processed = _one_replica(f"rate(tree_events_processed_total{{{job}}}[{config.duration('5m')}])")
     # Which topic is a stage's DLQ comes from the running configuration, not from the topic's name.
     dlq_topics = (f'group by ({keeping_environment("job", "topic", "stage")}) (label_replace({_stage_info(config)},'
@@ -143,16 +147,18 @@ def slo_budget_rules(config: MonitoringConfig) -> RuleGroup:
     return RuleGroup(
         "treewatch.slo-budget",
         (Recording(error_ratio_rule(config.slo_window), _error_ratio(config, config.slo_window)),),
-        interval="5m",
+        interval=config.duration("5m"),  # scaled with the rest in a time-scaled stack (the demo, tests)
     )
 
 
 def guide_alerts(config: MonitoringConfig) -> RuleGroup:
     """The guide's four, under the guide's group name."""
     job = config.exporter_selector
-    lag = f"kafka_consumer_group_lag{{{job}}}"
+    # The guide's per-partition "kafka_consumer_group_lag > 10000" as its largest partition per group and
+    # topic: one alert per group and topic, however many of its partitions are over, at any granularity.
+    lag = f"kafka_consumer_group_topic_max_lag{{{job}}}"
     # Groups outside the pipeline keep the guide's alert, without a stage.
-    other_groups = (f'kafka_consumer_group_lag{{{job}, group!~"{config.lag_ignored_groups}"}}'
+    other_groups = (f'kafka_consumer_group_topic_max_lag{{{job}, group!~"{config.lag_ignored_groups}"}}'
                     f" unless on ({keeping_environment('job', 'instance', 'group')}) {_stage_info(config)}")
     backlog = config.low_throughput_events_per_second * config.seconds(config.low_throughput_backlog_seconds)
     exempt_stages = "|".join(config.low_throughput_exempt_stages)
@@ -163,8 +169,9 @@ def guide_alerts(config: MonitoringConfig) -> RuleGroup:
             config.high_consumer_lag_for, "warning",
             "High consumer lag detected",
             "Consumer group {{ $labels.group }}{{ with $labels.stage }} (stage {{ . }}){{ end }} has lag of"
-            " {{ $value | humanize }} records on {{ $labels.topic }} partition {{ $labels.partition }}"
-            f" (threshold {config.consumer_lag_records}).",
+            " {{ $value | humanize }} records on a partition of topic {{ $labels.topic }}"
+            f" (threshold {config.consumer_lag_records}). Which partitions: the 'Lag per partition' panel or"
+            " `treewatch groups describe {{ $labels.group }}`.",
             GROUPS_DLQ_DASHBOARD_UID,
         ),
         Alert(
@@ -210,8 +217,12 @@ def slo_alerts(config: MonitoringConfig) -> RuleGroup:
         return f"({error_ratio_rule(long)} > {threshold} and {error_ratio_rule(short)} > {threshold})"
 
     job = config.exporter_selector
-    # A stage the running pipeline has (its info series) but no processed counters for.
-    missing = (f"group by ({keeping_environment('job', 'stage')}) ({_stage_info(config)})"
+    # A stage the running pipeline has (its info series) but no processed counters for. The stages are
+    # those of an exporter that reads the topics (the counters' source): with shards every shard tells
+    # the stages, but only shard 0 the counters, and a shard 0 gone must silence this as one exporter gone does.
+    counting = f'treewatch_collector_success{{{job}, collector="kafka_topics"}}'
+    missing = (f"group by ({keeping_environment('job', 'stage')}) ({_stage_info(config)}"
+               f" and on ({keeping_environment('job', 'instance')}) {counting})"
                f" unless on ({keeping_environment('job', 'stage')}) tree_events_processed_total{{{job}}}")
     def description(factors: str, consequence: str) -> str:
         return (
@@ -313,21 +324,23 @@ def kafka_alerts(config: MonitoringConfig) -> RuleGroup:
 
 def consumer_group_alerts(config: MonitoringConfig) -> RuleGroup:
     job = config.exporter_selector
-    lag = f"kafka_consumer_group_lag{{{job}}}"
+    lag = f"kafka_consumer_group_topic_lag{{{job}}}"
     one_group = keeping_environment("job", "instance", "group")
     return RuleGroup("treewatch.consumer-groups", (
         Alert(
             "ConsumerGroupStalled",
             _with_stage(
-                f"time() - kafka_consumer_group_committed_offset_change_timestamp_seconds{{{job}}}"
+                # The earliest last move among the topic's lagging partitions: the stalest one decides.
+                f"time() - kafka_consumer_group_topic_oldest_progress_timestamp_seconds{{{job}}}"
                 f" > {_num(config.seconds(config.consumer_stalled_seconds))} and {lag} > 0",
                 config,
             ),
             config.consumer_group_stalled_for, "critical",
             "A consumer group makes no progress",
-            "Consumer group {{ $labels.group }} (stage {{ $labels.stage }}) has not committed progress on"
-            " {{ $labels.topic }} partition {{ $labels.partition }} for {{ $value | humanizeDuration }}"
-            " although records wait there.",
+            "Consumer group {{ $labels.group }} (stage {{ $labels.stage }}) has not committed progress on a"
+            " partition of topic {{ $labels.topic }} for {{ $value | humanizeDuration }} although records wait"
+            " there. Which partitions: the 'Partitions with lag: time since the committed offset moved' panel or"
+            " `treewatch groups describe {{ $labels.group }}`.",
             GROUPS_DLQ_DASHBOARD_UID,
         ),
         Alert(
@@ -345,7 +358,7 @@ def consumer_group_alerts(config: MonitoringConfig) -> RuleGroup:
         Alert(
             "ConsumerLagTooOld",
             _with_stage(f"max by ({keeping_environment('job', 'instance', 'group', 'topic')})"
-                        f" (kafka_consumer_group_lag_seconds{{{job}}})", config)
+                        f" (kafka_consumer_group_topic_max_lag_seconds{{{job}}})", config)
             + f" > {_num(config.seconds(config.consumer_lag_max_age_seconds))}",
             config.consumer_lag_too_old_for, "warning",
             "The oldest unconsumed record is too old",

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import confluent_kafka
 
-from bench import exporter_bench, pipeline_bench, soak, trace_bench
+from bench import exporter_bench, pipeline_bench, scale_bench, soak, trace_bench
 from devkafka import kafka_version
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "docs" / "benchmarks.md"
-BENCHMARKS = {"exporter": exporter_bench, "pipeline": pipeline_bench, "trace": trace_bench}
+BENCHMARKS = {"exporter": exporter_bench, "scale": scale_bench, "pipeline": pipeline_bench,
+              "trace": trace_bench}
 
 
 def main(argv: list[str] | None = None) -> None:

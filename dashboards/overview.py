@@ -189,19 +189,21 @@ def ingestion_speed(layout: c.Layout) -> None:
 
 def consumer_lag(layout: c.Layout) -> None:
     layout.row("Consumer lag")
-    lag = c.sel("kafka_consumer_group_lag")
+    # The per-topic series: the exporter reports them for every group, whatever exporter.partition_series says.
+    max_lag = c.sel("kafka_consumer_group_topic_max_lag")
     layout.add(c.timeseries(
         "Consumer lag, worst partition per group",
-        "Records each group has not consumed yet, on its most lagging partition: HighConsumerLag fires per "
-        "partition above the line. Per partition on 'Tree Stamping: Consumer groups and DLQ'.",
-        [c.target(f"max by ({c.by('group')}) ({lag})", "{{group}}")], unit="short",
+        "Records each group has not consumed yet, on its most lagging partition "
+        "(kafka_consumer_group_topic_max_lag): HighConsumerLag fires per group and topic above the line. Per "
+        "topic and per partition on 'Tree Stamping: Consumer groups and DLQ'.",
+        [c.target(f"max by ({c.by('group')}) ({max_lag})", "{{group}}")], unit="short",
         thresholds=c.above(CONFIG.consumer_lag_records), links=c.runbooks("HighConsumerLag")), w=8)
-    lag_seconds = c.sel("kafka_consumer_group_lag_seconds")
+    max_lag_seconds = c.sel("kafka_consumer_group_topic_max_lag_seconds")
     layout.add(c.timeseries(
         "Consumer lag in seconds per group",
-        "Age of the oldest record each group has not consumed yet, on its most lagging partition; "
-        "ConsumerLagTooOld fires above the line.",
-        [c.target(f"max by ({c.by('group')}) ({lag_seconds})", "{{group}}")], unit="s",
+        "Age of the oldest record each group has not consumed yet, on its most lagging partition "
+        "(kafka_consumer_group_topic_max_lag_seconds); ConsumerLagTooOld fires above the line.",
+        [c.target(f"max by ({c.by('group')}) ({max_lag_seconds})", "{{group}}")], unit="s",
         thresholds=c.above(CONFIG.consumer_lag_max_age_seconds), links=c.runbooks("ConsumerLagTooOld")), w=8)
     layout.add(c.stat(
         "Consumer group members",
@@ -263,8 +265,9 @@ def exporter_health(layout: c.Layout) -> None:
         thresholds=c.above(1, ORANGE), links=failing), w=6)
     layout.add(c.stat(
         "Series dropped by max_series",
-        "Series each collector left out of its last run because of the max_series cap; raise the cap or "
-        "narrow the topic filters.",
+        "Series each collector left out of its last run because of the max_series cap: consumer groups lose "
+        "their per-partition series first, then whole groups. Raise the cap, narrow the topic filters or lower "
+        "exporter.partition_series (docs/scale.md).",
         [c.target(c.sel("treewatch_series_dropped"), "{{collector}}")], unit="short",
         thresholds=c.above(1, ORANGE)), w=6)
     # The gauge counts whole reads, so "more than N" is "N + 1 or more" on Grafana's >= steps.

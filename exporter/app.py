@@ -11,11 +11,13 @@ from importlib.metadata import version
 from confluent_kafka import KafkaError, KafkaException
 
 from exporter.kafka_source import KafkaSource
+from exporter.memory import release_freed_memory
 from exporter.refresh import Refresher, Source, default_build_info
 from exporter.render import Renderer
 from exporter.server import DEFAULT_METRICS_PATH, RESERVED_PATHS, Endpoints, ExporterHTTPServer, Limits, landing_page
 from exporter.services_source import ServicesSource
 from exporter.settings import WebSettings, split_listen_address
+from exporter.sharding import reports_whole_cluster
 from exporter.web import EndpointSecurity, endpoint_security
 from exporter.web_config import load_web_security
 from pipeline.config import Config, ConfigError
@@ -61,7 +63,8 @@ class Exporter:
 
 def build_sources(config: Config) -> list[Source]:
     sources: list[Source] = [KafkaSource(config)]
-    if config.services:
+    # The services are probed once for all shards, by shard 0 (exporter/sharding.py).
+    if config.services and reports_whole_cluster(config.exporter.shard):
         sources.append(ServicesSource(config))
     return sources
 
@@ -125,7 +128,7 @@ def build_exporter(config: Config, *, port: int | None = None, web: WebFlags = W
         stale_grace_seconds=settings.stale_grace_seconds,
         max_series=settings.max_series,
         build_info=default_build_info(version("treewatch")),
-        on_snapshot=renderer.prerender,
+        on_snapshot=lambda: (renderer.prerender(), release_freed_memory()),
     )
     endpoints = Endpoints(
         renderer=renderer,
@@ -157,6 +160,10 @@ def _landing_rows(config: Config, refresher: Refresher) -> list[tuple[str, str]]
     # Only names and addresses: no credential of any kind reaches this page.
     rows = [("configuration", config.source), ("environment", config.env),
             ("kafka", config.kafka.bootstrap_servers), ("security", config.kafka.security_protocol)]
+    shard = config.exporter.shard
+    if shard.count > 1:
+        rows.append(("shard", f"{shard.index} of {shard.count} (shard 0 also reports the topics, cluster, "
+                              f"pipeline, DLQs and services)"))
     rows += [(f"stage {s.name}", f"group {s.group}; request topic {s.request_topic}") for s in config.stages]
     rows += [(f"service {s.name}", redact_url(s.url)) for s in config.services]
     for name, status in refresher.collector_status().items():

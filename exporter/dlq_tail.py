@@ -131,6 +131,8 @@ class DlqTail:
             self._counts.setdefault(self._stage_of[topic], {})
         # Before reading: the records read next may take the slots retention just freed.
         self._free_slots()
+        if not starts:
+            return  # no DLQ to read (none created yet, or a shard that tails none): no consumer is made
         read_until = time.monotonic() + self._read_timeout
         if deadline is not None:
             read_until = min(read_until, deadline)

@@ -34,10 +34,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 
 from exporter.kafka_groups import GroupInfo, GroupsRead, fetch_groups
-from exporter.settings import NameFilter
 from pipeline.config import KafkaSettings
 from pipeline.kafka import admin_client
 
@@ -67,7 +67,7 @@ class GroupReaderLost(RuntimeError):
 class IsolatedGroupReader:
     """``fetch_groups`` run in a supervised child process: same arguments, same result."""
 
-    def __init__(self, kafka: KafkaSettings, allowed: NameFilter, request_timeout: float, concurrency: int,
+    def __init__(self, kafka: KafkaSettings, allowed: Callable[[str], bool], request_timeout: float, concurrency: int,
                  *, interrupted: threading.Event | None = None) -> None:
         self._arguments = (kafka, allowed, request_timeout, concurrency, logging.getLogger().getEffectiveLevel())
         self._interrupted = interrupted or threading.Event()
@@ -75,6 +75,8 @@ class IsolatedGroupReader:
         self._connection: Connection | None = None
         self._starts = 0
         self._partial_reads = 0
+        self._asked = False  # a request was sent and its answer not yet received
+        self._deadline = 0.0
 
     @property
     def replacements(self) -> int:
@@ -104,13 +106,33 @@ class IsolatedGroupReader:
     def read(self, deadline: float) -> GroupsRead:
         """The groups, read by the child and answered by ``deadline`` (time.monotonic()); a reader
         that has not answered by then is taken for wedged and replaced."""
+        self.begin(deadline)
+        return self.answer()
+
+    def begin(self, deadline: float) -> None:
+        """Ask the reader for the groups and return at once: the exporter reads the watermarks while
+        the reader reads the groups (``answer()`` then waits for them)."""
+        if self._asked:  # the last request was never answered: its answer would come first
+            self._discard()
         self.start()
         assert self._connection is not None
+        self._deadline = deadline
         budget = max(0.0, deadline - time.monotonic())
         try:
             self._connection.send(budget - min(_ANSWER_MARGIN_SECONDS, budget / 4))
+        except (OSError, BrokenPipeError):
+            self._asked = False  # answer() finds the reader gone and says how
+        else:
+            self._asked = True
+
+    def answer(self) -> GroupsRead:
+        """The answer to ``begin()``'s request, by its deadline."""
+        try:
+            if not self._asked or self._connection is None:
+                raise EOFError
+            self._asked = False
             while not self._connection.poll(_POLL_SLICE_SECONDS):
-                if self._interrupted.is_set() or time.monotonic() >= deadline:
+                if self._interrupted.is_set() or time.monotonic() >= self._deadline:
                     reason = ("the exporter is stopping" if self._interrupted.is_set()
                               else "it did not answer by the refresh's deadline")
                     self._discard()

@@ -1,5 +1,6 @@
-"""Consumer groups: who they are (listed, then described in batches), what they committed (fetched
-concurrently with a cap), and the lag series built from that and the partitions' watermarks.
+"""Consumer groups: who they are (listed, then described in batches) and what they committed
+(fetched concurrently with a cap, kept as arrays per topic); exporter/group_series.py builds their
+series.
 
 The group filter chooses the groups; a chosen group's lag is reported on every topic it consumes,
 whether or not the topic filter exposes that topic's own series.
@@ -8,34 +9,13 @@ whether or not the topic filter exposes that topic's own series.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from exporter.kafka_metadata import ClusterView
-from exporter.metrics import (
-    KAFKA_CONSUMER_GROUP_COMMITTED_OFFSET,
-    KAFKA_CONSUMER_GROUP_COMMITTED_OFFSET_CHANGE_TIMESTAMP_SECONDS,
-    KAFKA_CONSUMER_GROUP_LAG,
-    KAFKA_CONSUMER_GROUP_LAG_SECONDS,
-    KAFKA_CONSUMER_GROUP_MEMBERS,
-    KAFKA_CONSUMER_GROUP_READ_ERRORS,
-    KAFKA_CONSUMER_GROUP_STATE,
-    KAFKA_CONSUMER_GROUP_UNCOMMITTED_PARTITIONS,
-    Sample,
-)
-from exporter.record_age import Lookup
-from pipeline.kafka import (
-    GROUP_STATES,
-    Partition,
-    Watermarks,
-    fetch_committed_offsets,
-    group_state_name,
-    lag,
-    result_of,
-)
+from pipeline.kafka import TopicOffsets, fetch_committed_offsets_by_topic, group_state_name, result_of
 
 log = logging.getLogger("treewatch.kafka_groups")
 
@@ -49,7 +29,7 @@ class GroupInfo:
     state: str  # one of GROUP_STATES
     members: int
     assigned_topics: frozenset[str]
-    committed: Mapping[Partition, int]
+    committed: Mapping[str, TopicOffsets]  # topic -> its partitions' committed offsets
     # False when the committed offsets could not be read this time: state and members are still
     # true, but nothing can be said about its offsets, lag or uncommitted partitions.
     committed_read: bool = True
@@ -57,7 +37,7 @@ class GroupInfo:
     @property
     def consumed_topics(self) -> set[str]:
         """Topics the group is assigned or has committed on."""
-        return set(self.assigned_topics) | {topic for topic, _ in self.committed}
+        return set(self.assigned_topics) | set(self.committed)
 
 
 @dataclass
@@ -105,7 +85,8 @@ def fetch_groups(admin: AdminClient, allowed: Callable[[str], bool], request_tim
             descriptions[group] = result_of(future, request_timeout, deadline)
         except Exception as error:  # KafkaException or TimeoutError: this group only
             read.errors.setdefault("describe", []).append(error)
-    committed = fetch_committed_offsets(admin, descriptions, request_timeout, concurrency, deadline=deadline)
+    committed = fetch_committed_offsets_by_topic(admin, descriptions, request_timeout, concurrency,
+                                                 deadline=deadline)
     for group, description in descriptions.items():
         offsets = committed.get(group)
         if isinstance(offsets, BaseException) or offsets is None:
@@ -185,113 +166,3 @@ class PartialFailureLog:
                                  sum(len(found) for found in errors.values()), "; ".join(described[:5]))
         else:
             self._logger.info("consumer groups read completely again")
-
-
-class OffsetChangeTracker:
-    """When each committed offset was first seen or last moved.
-
-    An offset missing from one refresh (its group could not be read this time) keeps its history
-    for ``forget_after_seconds``: a hiccup must not make a stalled consumer look as if it had just
-    moved. Offsets gone for longer (group deleted, topic gone) are forgotten.
-    """
-
-    def __init__(self, forget_after_seconds: float = 900.0) -> None:
-        self._forget_after = forget_after_seconds
-        # key -> (offset, changed at, last seen at)
-        self._seen: dict[tuple[str, str, int], tuple[int, float, float]] = {}
-
-    def observe(self, committed: Iterable[tuple[tuple[str, str, int], int]],
-                now: float) -> dict[tuple[str, str, int], float]:
-        changed_at = {}
-        for key, offset in committed:
-            before = self._seen.get(key)
-            since = before[1] if before is not None and before[0] == offset else now
-            self._seen[key] = (offset, since, now)
-            changed_at[key] = since
-        self._seen = {key: entry for key, entry in self._seen.items() if now - entry[2] <= self._forget_after}
-        return changed_at
-
-
-@dataclass(frozen=True)
-class LagPosition:
-    """Where a group's unconsumed records start in a partition: the committed offset, or the log
-    start when retention already removed the records at the committed offset."""
-
-    group: str
-    topic: str
-    partition: int
-    committed: int
-    position: int
-    lag: int
-
-
-def lag_positions(groups: Iterable[GroupInfo], marks: Watermarks) -> list[LagPosition]:
-    positions = []
-    for info in groups:
-        for (topic, partition), committed in info.committed.items():
-            high = marks.high.get((topic, partition))
-            if high is None:
-                continue  # topic gone or partition without a leader: no truthful lag to give
-            low = marks.low.get((topic, partition), 0)
-            positions.append(LagPosition(info.group, topic, partition, committed, max(committed, low),
-                                         lag(committed, low, high)))
-    return positions
-
-
-@dataclass(frozen=True)
-class Lag:
-    """A group's lag in one partition: records left to consume, and the age of the oldest of them
-    (None when its timestamp could not be read)."""
-
-    group: str
-    topic: str
-    partition: int
-    records: int
-    seconds: float | None
-
-
-def lags(positions: Iterable[LagPosition], record_times: Lookup, now: float) -> list[Lag]:
-    """The lag at each position, aged by the timestamps of the records there. A position from which
-    only transaction markers are left below the high watermark has nothing left to read: lag 0."""
-    found = []
-    for position in positions:
-        key = (position.topic, position.partition, position.position)
-        if position.lag == 0 or key in record_times.only_markers:
-            records, seconds = 0, 0.0
-        else:
-            timestamp = record_times.timestamps.get(key)
-            records, seconds = position.lag, None if timestamp is None else max(0.0, now - timestamp)
-        found.append(Lag(position.group, position.topic, position.partition, records, seconds))
-    return found
-
-
-def group_samples(read: GroupsRead, view: ClusterView, changed_at: Mapping[tuple[str, str, int], float],
-                  group_lags: Iterable[Lag]) -> list[Sample]:
-    """Every consumer group series. ``changed_at`` is when each committed offset last moved
-    (OffsetChangeTracker); a topic missing from ``view`` gets no uncommitted partitions count."""
-    samples: list[Sample] = [KAFKA_CONSUMER_GROUP_READ_ERRORS.sample(read.error_count)]
-    for info in read.groups:
-        group = info.group
-        for state in GROUP_STATES:
-            samples.append(KAFKA_CONSUMER_GROUP_STATE.at((group, state), 1 if state == info.state else 0))
-        samples.append(KAFKA_CONSUMER_GROUP_MEMBERS.at((group,), info.members))
-        if not info.committed_read:
-            continue
-        for topic in sorted(info.consumed_topics):
-            if topic not in view.topics:
-                continue
-            committed = sum(1 for t, _ in info.committed if t == topic)
-            samples.append(KAFKA_CONSUMER_GROUP_UNCOMMITTED_PARTITIONS.at(
-                (group, topic), max(0, len(view.topics[topic]) - committed)))
-        for (topic, partition), offset in info.committed.items():
-            labels = (group, topic, str(partition))
-            samples.append(KAFKA_CONSUMER_GROUP_COMMITTED_OFFSET.at(labels, offset))
-            since = changed_at.get((group, topic, partition))
-            if since is not None:
-                samples.append(KAFKA_CONSUMER_GROUP_COMMITTED_OFFSET_CHANGE_TIMESTAMP_SECONDS.at(labels, since))
-    for behind in group_lags:
-        labels = (behind.group, behind.topic, str(behind.partition))
-        samples.append(KAFKA_CONSUMER_GROUP_LAG.at(labels, behind.records))
-        if behind.seconds is not None:
-            samples.append(KAFKA_CONSUMER_GROUP_LAG_SECONDS.at(labels, behind.seconds))
-    return samples

@@ -2,9 +2,10 @@
 
 Per refresh: one metadata request (topics, partitions, brokers, controller); the consumer groups
 (listed, described in batches, committed offsets fetched concurrently with a cap, all in a child
-process of their own: see exporter/group_reader.py); one ListOffsets
-round for the high watermarks and one for the log starts of every partition needed, both in
-flight together; one batched read of the record timestamps not already known (lag seconds, the
+process of their own, see exporter/group_reader.py, while this process reads the watermarks); one
+ListOffsets round for the high watermarks and one for the log starts of every partition watched,
+both in flight together (and once more for topics only a group consumes); the groups' series built
+in arrays per group and topic (exporter/group_series.py); one batched read of the record timestamps not already known (lag seconds, the
 oldest dead letter); the DLQ tail. Nothing is asked per partition. The whole pass shares one
 deadline, so a slow cluster costs one budget per refresh, not one timeout per round of requests,
 and a stopping exporter interrupts it between two steps.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from array import array
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -27,26 +29,20 @@ from confluent_kafka import KafkaException
 
 from exporter.dlq_tail import DlqTail, depth_samples, log_starts
 from exporter.group_reader import IsolatedGroupReader
-from exporter.kafka_groups import (
-    GroupsRead,
-    HeldGroups,
-    Lag,
-    OffsetChangeTracker,
-    PartialFailureLog,
-    group_samples,
-    lag_positions,
-    lags,
-)
+from exporter.group_series import GroupSeriesBuilder, GroupTopic, OffsetChangeTracker, lagging_positions, topic_lags
+from exporter.kafka_groups import GroupsRead, HeldGroups, PartialFailureLog
 from exporter.kafka_metadata import ClusterView, cluster_samples, topic_samples
-from exporter.metrics import Part, Sample
-from exporter.pipeline_counters import LastKnownWatermarks, pipeline_samples
+from exporter.metrics import Part
+from exporter.pipeline_counters import LastKnownWatermarks, pipeline_samples, stage_info_samples
 from exporter.record_age import Lookup, Position, RecordTimestamps
+from exporter.sharding import GROUP_SHARD_COLLECTORS, cluster_read_by, groups_read_by, reports_whole_cluster
+from exporter.snapshot import Series
 from pipeline.config import Config
 from pipeline.kafka import ClientErrors, Partition, Watermarks, admin_client, fetch_watermarks
 
 log = logging.getLogger("treewatch.kafka_source")
 
-Results = dict[Part, Sequence[Sample] | BaseException]
+Results = dict[Part, Sequence[Series] | BaseException]
 
 GROUPS_SHARE_OF_BUDGET = 0.7
 
@@ -61,10 +57,9 @@ class OffsetsRead:
 
     marks: Watermarks  # this refresh's
     pipeline_marks: Watermarks  # the pipeline topics', the last known ones filling in those not read now
-    offsets_changed_at: Mapping[tuple[str, str, int], float]  # (group, topic, partition) -> when it last moved
-    group_lags: list[Lag]
+    groups_series: list[Series]  # the consumer groups' ([] when they could not be read)
     dlq_partitions: list[Partition]
-    record_times: Mapping[Position, float]  # at the groups' positions and the DLQs' log starts
+    record_times: Mapping[Position, float]  # at the DLQs' log starts (and the groups' positions)
     dlq_tail_error: BaseException | None  # why the DLQ tail could not read, if it could not
 
 
@@ -81,10 +76,15 @@ class ClusterRead:
 
 class KafkaSource:
     name = "kafka"
-    collectors = (Part.KAFKA_CLUSTER, Part.KAFKA_TOPICS, Part.KAFKA_GROUPS, Part.PIPELINE, Part.DLQ)
+    # Every collector, as shard 0 (or an unsharded exporter) runs them; another shard runs fewer.
+    collectors: tuple[Part, ...] = (Part.KAFKA_CLUSTER, Part.KAFKA_TOPICS, Part.KAFKA_GROUPS, Part.PIPELINE, Part.DLQ)
 
     def __init__(self, config: Config, *, clock: Callable[[], float] = time.time) -> None:
-        self.config = config
+        # A shard other than 0 reads and tells only its groups, and the stages they are joined to.
+        self.config = cluster_read_by(config)
+        self._whole_cluster = reports_whole_cluster(config.exporter.shard)
+        self.collectors = KafkaSource.collectors if self._whole_cluster else GROUP_SHARD_COLLECTORS
+        self._stage_info = stage_info_samples(config.stages)
         self._clock = clock
         self._timeout = config.kafka.request_timeout_seconds
         # One budget for a whole gather, whatever the number of groups and partitions: a refresh
@@ -94,13 +94,14 @@ class KafkaSource:
         self._client_errors = ClientErrors()
         self._admin = admin_client(config.kafka, error_cb=self._client_errors)
         self._offset_changes = OffsetChangeTracker()
+        self._group_series = GroupSeriesBuilder(config.exporter.partition_series)
         self._record_times = RecordTimestamps(config.kafka, read_timeout_seconds=self._timeout)
         self._dlq = DlqTail(config.kafka, config.stages, read_timeout_seconds=self._timeout)
         self._pipeline_marks = LastKnownWatermarks(config.exporter.stale_grace_seconds)
         self._group_failures = PartialFailureLog(log)
         self._held_groups = HeldGroups(config.exporter.stale_grace_seconds)
         self._interrupted = threading.Event()
-        self._groups = IsolatedGroupReader(config.kafka, config.exporter.groups, self._timeout,
+        self._groups = IsolatedGroupReader(config.kafka, groups_read_by(config.exporter), self._timeout,
                                            config.exporter.committed_offsets_concurrency,
                                            interrupted=self._interrupted)
         self._groups.start()
@@ -119,17 +120,23 @@ class KafkaSource:
         cluster = cluster_samples(read.view, read.topics)
         offsets, groups, stages = read.offsets, read.groups, self.config.stages
         if isinstance(offsets, BaseException):
-            return {Part.KAFKA_CLUSTER: cluster} | dict.fromkeys(self.collectors[1:], offsets)
-        return {
+            return self._told({Part.KAFKA_CLUSTER: cluster} | dict.fromkeys(KafkaSource.collectors[1:], offsets))
+        return self._told({
             Part.KAFKA_CLUSTER: cluster,
             Part.KAFKA_TOPICS: topic_samples(read.view, read.topics, offsets.marks),
             Part.PIPELINE: pipeline_samples(stages, read.view, offsets.pipeline_marks),
             Part.KAFKA_GROUPS: groups if isinstance(groups, BaseException)
-            else group_samples(groups, read.view, offsets.offsets_changed_at, offsets.group_lags),
+            else offsets.groups_series,
             Part.DLQ: offsets.dlq_tail_error if offsets.dlq_tail_error is not None
             else depth_samples(stages, offsets.dlq_partitions, offsets.pipeline_marks, offsets.marks,
                                offsets.record_times) + self._dlq.samples(),
-        }
+        })
+
+    def _told(self, results: Results) -> Results:
+        """What this exporter tells of a gather: all of it, or its shard's groups and the stages."""
+        if self._whole_cluster:
+            return results
+        return {Part.KAFKA_GROUPS: results[Part.KAFKA_GROUPS], Part.PIPELINE: self._stage_info}
 
     def close(self) -> None:
         self._groups.close()
@@ -143,15 +150,29 @@ class KafkaSource:
         view = self._read_metadata()
         self._step()
         topics = view.selected_topics(self.config.exporter.topics, self.config.pipeline_topics)
-        groups = self._read_groups(deadline)
-        self._step()
-        group_topics = set() if isinstance(groups, BaseException) else {
-            topic for info in groups.groups for topic in info.consumed_topics}
+        # The groups are read in the reader process while this one reads the topics' watermarks:
+        # at ten thousand partitions and a thousand groups, each takes about a second.
+        # The groups get most of the budget, not all: a wedged reader must leave time for what
+        # follows, or one stuck client would fail every collector.
+        self._groups.begin(time.monotonic() + GROUPS_SHARE_OF_BUDGET * (deadline - time.monotonic()))
         try:
-            marks = fetch_watermarks(self._admin, view.partitions(sorted(set(topics) | group_topics)),
-                                     self._timeout, deadline=deadline)
+            marks: Watermarks | BaseException = fetch_watermarks(self._admin, view.partitions(sorted(topics)),
+                                                                 self._timeout, deadline=deadline)
         except Exception as error:  # the watermarks' failure is every offset-based collector's
-            return ClusterRead(view, topics, groups, error)
+            marks = error
+        groups = self._read_groups()
+        self._step()
+        # A group's lag needs the watermarks of every topic it consumes, exposed or not.
+        unread = sorted({topic for info in groups.groups for topic in info.consumed_topics} - set(topics)) \
+            if not isinstance(groups, BaseException) else []
+        if unread and not isinstance(marks, BaseException):
+            try:
+                marks = marks.merged(fetch_watermarks(self._admin, view.partitions(unread), self._timeout,
+                                                      deadline=deadline))
+            except Exception as error:
+                marks = error
+        if isinstance(marks, BaseException):
+            return ClusterRead(view, topics, groups, marks)
         self._step()
         return ClusterRead(view, topics, groups, self._read_beyond_watermarks(view, groups, marks, deadline))
 
@@ -167,11 +188,9 @@ class KafkaSource:
             raise self._client_errors.explain(error) from None
         return ClusterView.from_metadata(metadata)
 
-    def _read_groups(self, deadline: float) -> GroupsRead | BaseException:
+    def _read_groups(self) -> GroupsRead | BaseException:
         try:
-            # The groups get most of the budget, not all: a wedged reader must leave time for the
-            # watermarks and what follows, or one stuck client would fail every collector.
-            read = self._groups.read(time.monotonic() + GROUPS_SHARE_OF_BUDGET * (deadline - time.monotonic()))
+            read = self._groups.answer()
             self._group_failures.report(read.errors)
             return self._held_groups.fill(read, time.monotonic())
         except Exception as error:  # the groups' failure is theirs alone
@@ -183,24 +202,26 @@ class KafkaSource:
         pipeline_marks = self._pipeline_marks.fill(view.partitions(self.config.pipeline_topics), marks,
                                                    time.monotonic())
         read_groups = [] if isinstance(groups, BaseException) else groups.groups
-        positions = lag_positions(read_groups, marks)
+        lags = topic_lags(read_groups, marks)
         dlq_partitions = view.partitions(stage.dlq_topic for stage in self.config.stages)
-        wanted = [(p.topic, p.partition, p.position) for p in positions if p.lag > 0]
+        wanted = lagging_positions(lags)
+        wanted.update(log_starts(dlq_partitions, marks))
         try:
-            record_times = self._record_times.lookup(wanted + log_starts(dlq_partitions, marks), marks.high, deadline)
+            record_times = self._record_times.lookup(wanted, marks.high, deadline)
         except Exception as error:  # ages are left out; the offsets themselves are still true
             log.warning("reading record timestamps failed: %s", error)
             record_times = Lookup({}, frozenset())
         self._step()
         # Groups not read at all leave the history alone: a stalled consumer must not look as if it
         # had just moved once they are read again.
-        changed_at = {} if isinstance(groups, BaseException) else self._offset_changes.observe(
-            (((info.group, topic, partition), offset) for info in read_groups
-             for (topic, partition), offset in info.committed.items()), now)
+        changed_at: Mapping[GroupTopic, array] = {} if isinstance(groups, BaseException) else (
+            self._offset_changes.observe(read_groups, now))
+        groups_series = [] if isinstance(groups, BaseException) else self._group_series.samples(
+            groups, view, lags, record_times, changed_at, now)
         dlq_tail_error = None
         try:
             self._dlq.advance(dlq_partitions, marks, deadline)
         except Exception as error:  # the tail's failure must not drop the offsets gathered above
             dlq_tail_error = error
-        return OffsetsRead(marks, pipeline_marks, changed_at, lags(positions, record_times, now), dlq_partitions,
-                           record_times.timestamps, dlq_tail_error)
+        return OffsetsRead(marks, pipeline_marks, groups_series, dlq_partitions, record_times.timestamps,
+                           dlq_tail_error)

@@ -8,6 +8,8 @@ operators' guide queries (``kafka_consumer_group_lag``, ``kafka_topic_partition_
 
 from __future__ import annotations
 
+from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple
@@ -45,6 +47,27 @@ class Sample(NamedTuple):
     value: float
 
 
+@dataclass(frozen=True, eq=False)
+class SeriesBlock:
+    """Series of one metric that share every label value but the last, as arrays: a consumer
+    group's per-topic series (last label: the topic) or a group and topic's per-partition series
+    (last label: the partition). At a million committed group-partitions, one Sample object per
+    series would be gigabytes, and the renderer re-uses the text of a block that did not change
+    (exporter/text_format.py)."""
+
+    metric: MetricDef
+    labels: tuple[str, ...]  # the values shared, all the metric's labels but the last
+    last: Sequence[str] | array  # the last label's value of each series (topic names, or partitions as 'i')
+    values: array  # of 'd', one per series
+
+    def __len__(self) -> int:
+        return len(self.last)
+
+    def samples(self) -> list[Sample]:
+        return [Sample(self.metric, (*self.labels, str(last)), value)
+                for last, value in zip(self.last, self.values, strict=True)]
+
+
 @dataclass(frozen=True, eq=False)  # each metric is defined once, below: compared and hashed by identity
 class MetricDef:
     """One metric of the contract, and the handle its samples are made with.
@@ -58,6 +81,9 @@ class MetricDef:
     labels: tuple[str, ...]
     collector: Part
     help: str
+    # A consumer group's series per partition: optional detail (exporter.partition_series), the
+    # first to go at the series cap; the group's per-topic series tell the same in aggregate.
+    per_partition: bool = False
 
     @property
     def family_name(self) -> str:
@@ -77,6 +103,14 @@ class MetricDef:
             raise ValueError(f"{self.name} takes labels {self.labels}, got values {labels}")
         return Sample(self, labels, float(value))
 
+    def block(self, labels: tuple[str, ...], last: Sequence[str] | array, values: array) -> SeriesBlock:
+        """Series sharing the values ``labels`` of all labels but the last; ``last`` holds each
+        one's value of the last label, ``values`` each one's value."""
+        if len(labels) != len(self.labels) - 1 or len(last) != len(values):
+            raise ValueError(f"{self.name} takes labels {self.labels}, got a block of {labels} and "
+                             f"{len(last)} last values for {len(values)} values")
+        return SeriesBlock(self, labels, last, values)
+
 
 PROCESSED_STATUSES = ("completed", "failed")
 
@@ -85,24 +119,50 @@ KAFKA_CONSUMER_GROUP_LAG = MetricDef(
     "kafka_consumer_group_lag", Kind.GAUGE, ("group", "topic", "partition"), Part.KAFKA_GROUPS,
     "Records the group has not consumed yet: high watermark minus committed offset (a "
     "committed offset below the log start counts from the log start); never negative. 0 when "
-    "only transaction markers are left after the committed offset (nothing left to consume).")
+    "only transaction markers are left after the committed offset (nothing left to consume).", per_partition=True)
 
 KAFKA_CONSUMER_GROUP_LAG_SECONDS = MetricDef(
     "kafka_consumer_group_lag_seconds", Kind.GAUGE, ("group", "topic", "partition"), Part.KAFKA_GROUPS,
     "Age of the oldest record the group has not consumed: now minus the timestamp of the "
-    "record at the committed offset; 0 when the lag is 0.")
+    "record at the committed offset; 0 when the lag is 0.", per_partition=True)
 
 KAFKA_CONSUMER_GROUP_COMMITTED_OFFSET = MetricDef(
     "kafka_consumer_group_committed_offset",
     Kind.GAUGE, ("group", "topic", "partition"), Part.KAFKA_GROUPS,
-    "The group's committed offset (the next record it will read).")
+    "The group's committed offset (the next record it will read).", per_partition=True)
 
 KAFKA_CONSUMER_GROUP_COMMITTED_OFFSET_CHANGE_TIMESTAMP_SECONDS = MetricDef(
     "kafka_consumer_group_committed_offset_change_timestamp_seconds",
     Kind.GAUGE, ("group", "topic", "partition"), Part.KAFKA_GROUPS,
     "When the exporter last saw the committed offset move (at first sight: when it was "
     "first seen). A stalled consumer has lag and an old change time; a slow one has lag and"
-    " a recent one.")
+    " a recent one.", per_partition=True)
+
+KAFKA_CONSUMER_GROUP_TOPIC_LAG = MetricDef(
+    "kafka_consumer_group_topic_lag", Kind.GAUGE, ("group", "topic"), Part.KAFKA_GROUPS,
+    "Records the group has not consumed on the topic: kafka_consumer_group_lag summed over the partitions it "
+    "committed on. Told whatever exporter.partition_series says.")
+
+KAFKA_CONSUMER_GROUP_TOPIC_MAX_LAG = MetricDef(
+    "kafka_consumer_group_topic_max_lag", Kind.GAUGE, ("group", "topic"), Part.KAFKA_GROUPS,
+    "The largest kafka_consumer_group_lag among the topic's partitions the group committed on.")
+
+KAFKA_CONSUMER_GROUP_TOPIC_MAX_LAG_SECONDS = MetricDef(
+    "kafka_consumer_group_topic_max_lag_seconds", Kind.GAUGE, ("group", "topic"), Part.KAFKA_GROUPS,
+    "Age of the oldest record the group has not consumed on the topic: the largest "
+    "kafka_consumer_group_lag_seconds among its partitions; 0 when it has no lag there; absent when a "
+    "lagging partition's record age could not be read.")
+
+KAFKA_CONSUMER_GROUP_TOPIC_PARTITIONS_LAGGING = MetricDef(
+    "kafka_consumer_group_topic_partitions_lagging", Kind.GAUGE, ("group", "topic"), Part.KAFKA_GROUPS,
+    "Partitions of the topic where the group has lag.")
+
+KAFKA_CONSUMER_GROUP_TOPIC_OLDEST_PROGRESS_TIMESTAMP_SECONDS = MetricDef(
+    "kafka_consumer_group_topic_oldest_progress_timestamp_seconds",
+    Kind.GAUGE, ("group", "topic"), Part.KAFKA_GROUPS,
+    "Of the topic's partitions where the group has lag, the earliest time the exporter saw one's committed "
+    "offset move (kafka_consumer_group_committed_offset_change_timestamp_seconds): time() minus it is how "
+    "long the stalest lagging partition has made no progress. Absent when the group has no lag on the topic.")
 
 KAFKA_CONSUMER_GROUP_UNCOMMITTED_PARTITIONS = MetricDef(
     "kafka_consumer_group_uncommitted_partitions", Kind.GAUGE, ("group", "topic"), Part.KAFKA_GROUPS,

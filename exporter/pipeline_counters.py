@@ -49,6 +49,14 @@ class LastKnownWatermarks:
 _UNKNOWN = object()  # a topic with a partition whose watermark is not known
 
 
+def stage_info_samples(stages: Iterable[Stage]) -> list[Sample]:
+    """The configured stages, each with its group and topics: what the rules join a consumer group's
+    series to, to tell its stage (every shard reports them: exporter/sharding.py)."""
+    return [TREE_PIPELINE_STAGE_INFO.sample(1, stage=stage.name, group=stage.group,
+                                            request_topic=stage.request_topic, dlq_topic=stage.dlq_topic)
+            for stage in stages]
+
+
 def pipeline_samples(stages: Iterable[Stage], view: ClusterView, marks: Watermarks) -> list[Sample]:
     """The configured stages, and what each was requested and processed. ``marks`` holds every
     partition of the pipeline's topics that is known; a stage sum that would need an unknown one is
@@ -63,9 +71,7 @@ def pipeline_samples(stages: Iterable[Stage], view: ClusterView, marks: Watermar
         return sum(marks.high[key] for key in keys)
 
     stages = tuple(stages)
-    samples = [TREE_PIPELINE_STAGE_INFO.sample(1, stage=stage.name, group=stage.group,
-                                               request_topic=stage.request_topic, dlq_topic=stage.dlq_topic)
-               for stage in stages]
+    samples = stage_info_samples(stages)
     for stage in stages:
         requested = written(stage.request_topic)
         completed = written(stage.completed_topic)

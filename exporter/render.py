@@ -15,18 +15,16 @@ from __future__ import annotations
 
 import threading
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.process_collector import ProcessCollector
-from prometheus_client.registry import Collector as RegistryCollector
 
-from exporter.metrics import METRICS, Kind
 from exporter.snapshot import Snapshot
+from exporter.text_format import TextWriter
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _OPENMETRICS_EOF = b"# EOF\n"
@@ -49,41 +47,14 @@ class Exposition:
     body: bytes
 
 
-def families(snapshot: Snapshot) -> Iterator[Metric]:
-    """Metric families for every metric of the contract that the snapshot holds samples of."""
-    for definition in METRICS:
-        samples = snapshot.series.get(definition)
-        if not samples:
-            continue
-        family_type = CounterMetricFamily if definition.kind is Kind.COUNTER else GaugeMetricFamily
-        family = family_type(definition.family_name, definition.help, labels=definition.labels)
-        for item in samples:
-            family.add_metric(item.labels, item.value)
-        yield family
-
-
-class _SnapshotCollector(RegistryCollector):
-    def __init__(self, snapshot: Snapshot) -> None:
-        self._snapshot = snapshot
-
-    def collect(self) -> Iterator[Metric]:
-        return families(self._snapshot)
-
-
-def _registry(snapshot: Snapshot) -> CollectorRegistry:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_SnapshotCollector(snapshot))
-    return registry
-
-
 def render(snapshot: Snapshot) -> bytes:
     """The snapshot in the text exposition format (version 0.0.4)."""
-    return generate_latest(_registry(snapshot))
+    return TextWriter().write(snapshot)
 
 
 def render_openmetrics(snapshot: Snapshot) -> bytes:
     """The snapshot in OpenMetrics 1.0, ``# EOF`` line included."""
-    return openmetrics.generate_latest(_registry(snapshot))
+    return TextWriter().write(snapshot, openmetrics=True, trailer=_OPENMETRICS_EOF)
 
 
 class _Rendering:
@@ -118,6 +89,8 @@ class Renderer:
         self._gzip_asked: set[Format] = set()
         self._process = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self._process)
+        # Both formats: they spell each series the same, so the second re-uses the first's text.
+        self._text_writer = TextWriter()
 
     def exposition(self, fmt: Format = Format.TEXT, *, gzip: bool = False) -> Exposition:
         """The current snapshot's exposition; while its rendering is in progress in another thread,
@@ -175,7 +148,6 @@ class Renderer:
 
     def _render(self, fmt: Format, snapshot: Snapshot) -> bytes:
         if fmt is Format.TEXT:
-            return render(snapshot) + generate_latest(self._process)
-        # One "# EOF" ends an OpenMetrics exposition: the process metrics go before the snapshot's.
-        body = render_openmetrics(snapshot)
-        return b"".join((memoryview(body)[:-len(_OPENMETRICS_EOF)], openmetrics.generate_latest(self._process)))
+            return self._text_writer.write(snapshot, trailer=generate_latest(self._process))
+        # One "# EOF" ends an OpenMetrics exposition: the process metrics' (which end with it).
+        return self._text_writer.write(snapshot, openmetrics=True, trailer=openmetrics.generate_latest(self._process))

@@ -8,7 +8,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -56,8 +56,43 @@ class WebSettings:
         return self
 
 
+PartitionDetail = Literal["all", "lag", "none"]
+
+
+@dataclass(frozen=True)
+class PartitionSeries:
+    """How much of a consumer group is told per partition. Per group and topic (summed lag, max lag,
+    max lag in seconds, partitions lagging and uncommitted, last progress) is always told; per
+    partition costs one series per committed partition and metric, which at a thousand groups on
+    a thousand partitions each is millions of series (docs/scale.md)."""
+
+    detail: Annotated[PartitionDetail, Field(description=(
+        "Per-partition series of the groups chosen below: all (lag, lag in seconds, committed offset, "
+        "when it last moved), lag (kafka_consumer_group_lag only, what the guide's queries read) or none."))] = "all"
+    groups: Annotated[NameFilter, Field(description=(
+        "Groups given per-partition series; the others are told per topic only."))] = NameFilter()
+
+
+@dataclass(frozen=True)
+class ShardSettings:
+    """One of several exporters sharing one cluster's consumer groups (docs/scale.md)."""
+
+    index: Annotated[int, Field(ge=0, le=1023, description=(
+        "This exporter's shard, 0 to count - 1. Shard 0 also reports the topic, cluster, pipeline, DLQ and "
+        "service series, once for all shards."))] = 0
+    count: Annotated[int, Field(ge=1, le=1024, description=(
+        "Exporters sharing the groups; each owns the groups whose id hashes to its index (rendezvous "
+        "hashing: changing the count moves about 1/count of the groups)."))] = 1
+
+    def settle(self, given: Mapping[str, Any], path: str, source: str) -> ShardSettings:
+        if self.index >= self.count:
+            raise ConfigError(f"{source}: {path}.index: {self.index} is not below count ({self.count})")
+        return self
+
+
 @config_section("exporter", "The exporter's own settings.",
-                environment={"TREEWATCH_LISTEN_ADDRESS": ("listen_address",)})
+                environment={"TREEWATCH_LISTEN_ADDRESS": ("listen_address",),
+                             "TREEWATCH_SHARD_INDEX": ("shard", "index"), "TREEWATCH_SHARD_COUNT": ("shard", "count")})
 @dataclass(frozen=True)
 class ExporterSettings:
     listen_address: Annotated[str, Field(pattern=_LISTEN_ADDRESS, description=_LISTEN_ADDRESS_FORM)] = (
@@ -67,7 +102,9 @@ class ExporterSettings:
     stale_grace_seconds: Annotated[float, Field(ge=0, le=86400, description=(
         "How long series of a failing collector keep their last values before they disappear."))] = 120.0
     max_series: Annotated[int, Field(ge=1, le=10_000_000, description=(
-        "Most series one refresh may produce; the rest are dropped and counted in treewatch_series_dropped."))] = (
+        "Most series one refresh may produce; past it, consumer groups lose their per-partition series first "
+        "(keeping their per-topic ones), then whole groups; what is left out is counted in "
+        "treewatch_series_dropped."))] = (
         200_000)
     committed_offsets_concurrency: Annotated[int, Field(ge=1, le=64, description=(
         "Consumer groups whose committed offsets are fetched at the same time."))] = 8
@@ -78,6 +115,11 @@ class ExporterSettings:
     max_connections: Annotated[int, Field(ge=1, le=4096, description=(
         "Connections the endpoint serves at once (one thread each); one more is answered 503 at once."))] = 64
     groups: Annotated[NameFilter, Field(description="Consumer groups to watch.")] = NameFilter()
+    partition_series: Annotated[PartitionSeries, Field(description=(
+        "Which groups are also told per partition, and how much; past max_series, groups lose their "
+        "per-partition series before any group loses its per-topic ones."))] = PartitionSeries()
+    shard: Annotated[ShardSettings, Field(description=(
+        "Several exporters splitting the consumer groups of one cluster between them."))] = ShardSettings()
     topics: Annotated[NameFilter, Field(description=(
         "Topics to watch; Kafka's internal topics say nothing about the pipeline."))] = NameFilter(
         deny=(re.compile("__.*"),))

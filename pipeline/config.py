@@ -693,10 +693,25 @@ def _apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> di
         node = merged
         for key in path[:-1]:
             node = node.setdefault(key, {})
-        node[path[-1]] = environ[variable]
+        node[path[-1]] = _env_value(path, environ[variable])
         # A secret given in the environment wins over the file the YAML names for it.
         node.pop(f"{path[-1]}_file", None)
     return merged
+
+
+def _env_value(path: tuple[str, ...], text: str) -> Any:
+    """An environment variable's text as the field it overrides wants it: a whole number for an
+    integer field (TREEWATCH_SHARD_INDEX from a StatefulSet's ordinal), the text itself otherwise
+    (the schema then names the variable's field if it is wrong)."""
+    declaration: Any = SECTIONS[path[0]].declaration if path[0] in SECTIONS else Config
+    for key in path[1 if path[0] in SECTIONS else 0:]:
+        item = next((item for item in _declared(declaration) if item.name == key), None)
+        if item is None:
+            return text
+        declaration = item.kind
+    if declaration is int and re.fullmatch(r"[+-]?[0-9]{1,18}", text.strip()):
+        return int(text)
+    return text
 
 
 def _is_finite_number(checker: jsonschema.TypeChecker, instance: Any) -> bool:

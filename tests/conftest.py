@@ -48,15 +48,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
 
 @pytest.fixture
 def counted_renders(monkeypatch: pytest.MonkeyPatch) -> list:
-    """Every snapshot exporter.render.render is asked to render, in order (the renderer still renders)."""
-    import exporter.render
+    """Every snapshot written in the text format, in order (the writer still writes)."""
+    from exporter.text_format import TextWriter
 
     renders: list = []
-    real_render = exporter.render.render
+    real_write = TextWriter.write
 
-    def counting_render(snapshot):
+    def counting_write(writer, snapshot, **options):
         renders.append(snapshot)
-        return real_render(snapshot)
+        return real_write(writer, snapshot, **options)
 
-    monkeypatch.setattr(exporter.render, "render", counting_render)
+    monkeypatch.setattr(TextWriter, "write", counting_write)
     return renders

@@ -37,8 +37,9 @@ from exporter.group_reader import GroupReaderLost, IsolatedGroupReader
 from exporter.kafka_groups import GroupInfo, GroupsRead, HeldGroups
 from exporter.kafka_source import KafkaSource
 from exporter.metrics import KAFKA_CONSUMER_GROUP_LAG, Part
+from exporter.snapshot import unfolded
 from pipeline.config import parse_config
-from pipeline.kafka import result_of
+from pipeline.kafka import offsets_by_topic, result_of
 from tests.test_resilience import KAFKA_COLLECTORS, Series, await_scrape, scrape, value
 
 REPO = Path(__file__).resolve().parent.parent
@@ -90,7 +91,7 @@ def _source(kafka: KafkaCluster) -> KafkaSource:
 def _lag(results: dict, group: str) -> dict[int, float]:
     samples = results[Part.KAFKA_GROUPS]
     assert not isinstance(samples, BaseException), samples
-    return {int(s.labels[2]): s.value for s in samples
+    return {int(s.labels[2]): s.value for s in unfolded(samples)
             if s.metric is KAFKA_CONSUMER_GROUP_LAG and s.labels[0] == group}
 
 
@@ -173,9 +174,9 @@ def _running(pid: int) -> bool:
 
 def test_a_group_missed_by_a_partial_read_is_held_then_dropped() -> None:
     held = HeldGroups(keep_seconds=30)
-    offsets = {("t", 0): 5}
+    offsets = offsets_by_topic([("t", 0, 5)])
     full = GroupInfo("g", "Stable", 1, frozenset({"t"}), offsets)
-    other = GroupInfo("h", "Stable", 1, frozenset({"t"}), {("t", 0): 1})
+    other = GroupInfo("h", "Stable", 1, frozenset({"t"}), offsets_by_topic([("t", 0, 1)]))
     assert held.fill(GroupsRead([full, other]), now=0).groups == [full, other]
 
     # Its coordinator is away: the listing misses it, a broker's error says the read is partial.

@@ -343,7 +343,7 @@ FIRING_ALERTS: list[LabelSet] = [
     {"alertname": "Watchdog", "alertstate": "firing", "severity": "info"},
     {"alertname": "TreeServiceDown", "alertstate": "firing", "severity": "critical", "service": FAILING_SERVICE},
     {"alertname": "ConsumerGroupStalled", "alertstate": "firing", "severity": "critical", "group": STALLED[0],
-     "topic": STALLED[1], "partition": STALLED[2], "stage": "index"},
+     "topic": STALLED[1], "stage": "index"},
 ]
 
 
@@ -409,7 +409,21 @@ def _lag(labels: LabelSet, t: float) -> float:
     return math.floor(20_000 * _wave(labels, t) * _weight(labels))
 
 
-def _gauge(metric: MetricDef, labels: LabelSet, t: float, start: int) -> float:
+def _change_timestamp(labels: LabelSet, t: float, start: int) -> float:
+    key = (labels["group"], labels["topic"], labels["partition"])
+    return start - 600 if key == STALLED else start + t - 5
+
+
+def _partitions_of(labels: LabelSet) -> list[LabelSet]:
+    """The per-partition label sets of a group and topic: what the exporter's per-topic series summarise."""
+    return [{**labels, "partition": partition} for partition in PARTITIONS]
+
+
+def _lagging(labels: LabelSet, t: float) -> list[LabelSet]:
+    return [partition for partition in _partitions_of(labels) if _lag(partition, t) > 0]
+
+
+def _gauge(metric: MetricDef, labels: LabelSet, t: float, start: int) -> float | None:
     now = start + t
     service = labels.get("service")
     failing = service == FAILING_SERVICE
@@ -422,8 +436,19 @@ def _gauge(metric: MetricDef, labels: LabelSet, t: float, start: int) -> float:
             key = (labels["group"], labels["topic"], labels["partition"])
             return 5_000 if key == STALLED else 5_000 + math.floor(25 * _weight(labels) * t)
         case "kafka_consumer_group_committed_offset_change_timestamp_seconds":
-            key = (labels["group"], labels["topic"], labels["partition"])
-            return start - 600 if key == STALLED else now - 5
+            return _change_timestamp(labels, t, start)
+        case "kafka_consumer_group_topic_lag":
+            return sum(_lag(partition, t) for partition in _partitions_of(labels))
+        case "kafka_consumer_group_topic_max_lag":
+            return max(_lag(partition, t) for partition in _partitions_of(labels))
+        case "kafka_consumer_group_topic_max_lag_seconds":
+            return max(_lag(partition, t) for partition in _partitions_of(labels)) / 30
+        case "kafka_consumer_group_topic_partitions_lagging":
+            return len(_lagging(labels, t))
+        case "kafka_consumer_group_topic_oldest_progress_timestamp_seconds":
+            # Absent, as the exporter has it, while no partition of the topic lags.
+            lagging = _lagging(labels, t)
+            return min(_change_timestamp(partition, t, start) for partition in lagging) if lagging else None
         case "kafka_consumer_group_uncommitted_partitions":
             return 1 if labels["group"] == EMPTY_GROUP else 0
         case "kafka_consumer_group_state":
@@ -483,7 +508,7 @@ def _gauge(metric: MetricDef, labels: LabelSet, t: float, start: int) -> float:
     raise AssertionError(f"{metric.name}: the test data has no values for this gauge; add them above")
 
 
-def _value(metric: MetricDef, labels: LabelSet, t: float, start: int) -> float:
+def _value(metric: MetricDef, labels: LabelSet, t: float, start: int) -> float | None:
     return _counter(metric, labels, t) if metric.kind is Kind.COUNTER else _gauge(metric, labels, t, start)
 
 
@@ -502,7 +527,8 @@ def write_openmetrics(path: Path, start: int) -> None:
             out.write(f"# TYPE {metric.family_name} {metric.kind.value}\n")
             for labels in LABEL_SETS[metric.labels]:
                 series = f"{metric.name}{{{_format_labels(labels)}}}"
-                out.writelines(f"{series} {_value(metric, labels, t, start)} {start + t}\n" for t in times)
+                values = ((t, _value(metric, labels, t, start)) for t in times)
+                out.writelines(f"{series} {value} {start + t}\n" for t, value in values if value is not None)
         write_services_own_metrics(out, times, start)
         # What Prometheus itself would have recorded while the incidents above fire.
         out.write(f"# TYPE {PROMETHEUS_ALERTS} gauge\n")

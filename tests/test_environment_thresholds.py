@@ -48,8 +48,8 @@ def _lag_series(env: str, group: str, lag: int) -> str:
     labels = f'env="{env}", cluster="kafka-{env}", job="treewatch", instance="exporter-{env}:9847"'
     return (f"  - series: 'tree_pipeline_stage_info{{{labels}, stage=\"index\", group=\"{group}\", "
             f"request_topic=\"{env}.requests\", dlq_topic=\"{env}.dlq\"}}'\n    values: 1x15\n"
-            f"  - series: 'kafka_consumer_group_lag{{{labels}, group=\"{group}\", topic=\"{env}.requests\", "
-            f"partition=\"0\"}}'\n    values: {lag}x15\n")
+            f"  - series: 'kafka_consumer_group_topic_max_lag{{{labels}, group=\"{group}\", "
+            f"topic=\"{env}.requests\"}}'\n    values: {lag}x15\n")
 
 
 def _generate(tmp_path: Path, monitoring: str) -> subprocess.CompletedProcess[str]:

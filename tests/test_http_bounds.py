@@ -26,9 +26,10 @@ import exporter.render
 from exporter.app import build_exporter
 from exporter.metrics import KAFKA_CONSUMER_GROUP_LAG, TREE_DLQ_RECORDS_TOTAL, Part
 from exporter.refresh import Refresher
-from exporter.render import Format, Renderer, render
+from exporter.render import Format, Renderer
 from exporter.server import Endpoints, ExporterHTTPServer, Limits, accepts_gzip, prefers_openmetrics
 from exporter.snapshot import Sample, Snapshot
+from exporter.text_format import TextWriter
 from pipeline.config import parse_config
 from tests.exporter_serving import serving_snapshot
 
@@ -226,15 +227,17 @@ def test_a_scrape_never_waits_for_a_rendering_in_progress(monkeypatch):
     server.serve_in_thread()
     rendering_started, release = threading.Event(), threading.Event()
 
-    def slow_render(snapshot: Snapshot) -> bytes:
+    real_write = TextWriter.write
+
+    def slow_write(writer: TextWriter, snapshot: Snapshot, **options: object) -> bytes:
         if snapshot is second:
             rendering_started.set()
             release.wait(BOUND)
-        return render(snapshot)
+        return real_write(writer, snapshot, **options)
 
     try:
         before = request(server).body
-        monkeypatch.setattr(exporter.render, "render", slow_render)
+        monkeypatch.setattr(TextWriter, "write", slow_write)
         current = second
         prerender = threading.Thread(target=renderer.prerender)
         prerender.start()

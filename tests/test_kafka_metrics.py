@@ -15,22 +15,32 @@ from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
 from devkafka import KafkaCluster, free_port
 from exporter.app import build_exporter
 from exporter.dlq_tail import KNOWN_ERROR_TYPES, DlqTail
-from exporter.kafka_groups import GroupInfo, GroupsRead, OffsetChangeTracker, PartialFailureLog, group_samples
+from exporter.group_series import GroupSeriesBuilder, OffsetChangeTracker
+from exporter.kafka_groups import GroupInfo, GroupsRead, PartialFailureLog
 from exporter.kafka_metadata import ClusterView, PartitionInfo
 from exporter.kafka_source import GatherInterrupted, KafkaSource
-from exporter.metrics import GROUP_STATES, KAFKA_BROKERS, METRICS, TREEWATCH_COLLECTOR_SUCCESS, Part
+from exporter.metrics import GROUP_STATES, KAFKA_BROKERS, METRICS, TREEWATCH_COLLECTOR_SUCCESS, Part, SeriesBlock
 from exporter.pipeline_counters import LastKnownWatermarks, pipeline_samples
+from exporter.record_age import Lookup
 from exporter.refresh import Refresher
-from exporter.snapshot import Sample
+from exporter.settings import PartitionSeries
+from exporter.snapshot import Sample, unfolded
 from pipeline.config import Config, parse_config
-from pipeline.kafka import READER_GROUP_ID, Watermarks, admin_client, fetch_committed_offsets, fetch_watermarks
+from pipeline.kafka import (
+    READER_GROUP_ID,
+    Watermarks,
+    admin_client,
+    fetch_committed_offsets,
+    fetch_watermarks,
+    offsets_by_topic,
+)
 
 KAFKA_COLLECTORS = ("kafka_cluster", "kafka_topics", "kafka_groups", "pipeline", "dlq")
 # Record timestamps a few minutes in the past: old enough to give a visible age, young enough that
@@ -84,7 +94,7 @@ def produce(kafka: KafkaCluster, records: list[tuple[str, int, bytes, bytes, int
 def values(results: dict, collector: Part, metric: str) -> dict[tuple[str, ...], float]:
     gathered = results[collector]
     assert not isinstance(gathered, BaseException), f"{collector.value} failed: {gathered!r}"
-    return {s.labels: s.value for s in gathered if s.metric.name == metric}
+    return {s.labels: s.value for s in unfolded(gathered) if s.metric.name == metric}
 
 
 def group_values(results: dict, metric: str) -> dict[tuple[str, ...], float]:
@@ -396,7 +406,7 @@ def test_samples_name_only_defined_metrics_with_their_labels(kafka, unique, sour
     for collector, gathered in results.items():
         assert not isinstance(gathered, BaseException), collector
         for item in gathered:
-            assert isinstance(item, Sample)
+            assert isinstance(item, Sample | SeriesBlock)
             assert item.metric in METRICS, item
             assert item.metric.collector is collector, item
             assert len(item.labels) == len(item.metric.labels), item
@@ -404,14 +414,22 @@ def test_samples_name_only_defined_metrics_with_their_labels(kafka, unique, sour
 
 def test_offset_change_times_survive_a_refresh_that_missed_the_group():
     tracker = OffsetChangeTracker(forget_after_seconds=600)
-    key = ("g", "t", 0)
-    assert tracker.observe([(key, 5)], now=100.0) == {key: 100.0}
-    assert tracker.observe([(key, 5)], now=115.0) == {key: 100.0}  # unchanged: still the first sight
-    assert tracker.observe([], now=130.0) == {}  # the group could not be read this time
-    assert tracker.observe([(key, 5)], now=145.0) == {key: 100.0}  # ...which did not reset its history
-    assert tracker.observe([(key, 9)], now=160.0) == {key: 160.0}
-    tracker.observe([], now=1000.0)  # gone for longer than forget_after: forgotten
-    assert tracker.observe([(key, 9)], now=1015.0) == {key: 1015.0}
+
+    def seen(*offsets: tuple[int, int]) -> list[GroupInfo]:
+        return [GroupInfo("g", "Stable", 1, frozenset({"t"}), offsets_by_topic(("t", p, o) for p, o in offsets))]
+
+    def observed(groups: list[GroupInfo], now: float) -> dict[tuple[str, str], list[float]]:
+        return {key: list(since) for key, since in tracker.observe(groups, now).items()}
+
+    key = ("g", "t")
+    assert observed(seen((0, 5), (1, 3)), now=100.0) == {key: [100.0, 100.0]}
+    assert observed(seen((0, 5), (1, 3)), now=115.0) == {key: [100.0, 100.0]}  # unchanged: still the first sight
+    assert observed([], now=130.0) == {}  # the group could not be read this time
+    assert observed(seen((0, 5), (1, 3)), now=145.0) == {key: [100.0, 100.0]}  # ...which kept its history
+    assert observed(seen((0, 9), (1, 3)), now=160.0) == {key: [160.0, 100.0]}  # only partition 0 moved
+    assert observed(seen((1, 3), (2, 1)), now=175.0) == {key: [100.0, 175.0]}  # 0 gone, 2 new
+    observed([], now=1000.0)  # gone for longer than forget_after: forgotten
+    assert observed(seen((0, 9)), now=1015.0) == {key: [1015.0]}
 
 
 def test_a_transactional_topic_consumed_to_its_end_has_no_lag(kafka, unique, source_factory, caplog):
@@ -495,7 +513,7 @@ def test_a_group_whose_offsets_could_not_be_read_keeps_its_state_and_the_failure
     unread = GroupInfo("g", "Stable", 2, frozenset({"t"}), {}, committed_read=False)
     read = GroupsRead([unread], {"list": [], "committed_offsets": [TimeoutError("coordinator slow")]})
     view = ClusterView(frozenset({1}), 1, {"t": dict.fromkeys(range(3), PartitionInfo(1, (1,), (1,)))})
-    samples = group_samples(read, view, {}, [])
+    samples = GroupSeriesBuilder(PartitionSeries()).samples(read, view, [], Lookup({}, frozenset()), {}, 1000.0)
     by_metric: dict[str, dict[tuple[str, ...], float]] = {}
     for item in samples:
         by_metric.setdefault(item.metric.name, {})[item.labels] = item.value
@@ -541,3 +559,39 @@ def test_an_interrupted_gather_ends_at_its_next_step(kafka, unique, source_facto
     source.interrupt()
     with pytest.raises(GatherInterrupted):
         source.gather()
+
+
+def test_every_detail_tells_the_same_per_topic_lag_and_only_all_tells_everything_per_partition(
+        kafka, unique, source_factory):
+    """Against a real broker: the per-topic series do not depend on exporter.partition_series, and
+    the per-partition ones follow it."""
+    orders, group = f"orders-{unique}", f"reports-{unique}"
+    create_topics(kafka, {orders: 3})
+    produce(kafka, [(orders, p, b"k", b"v", BASE_MS + i * 1000) for p in range(3) for i in range(5)])
+    offsets = [TopicPartition(orders, 0, 1), TopicPartition(orders, 1, 5), TopicPartition(orders, 2, 3)]
+    admin = kafka.admin()  # held: a client collected while its request is in flight never answers
+    admin.alter_consumer_group_offsets([ConsumerGroupTopicPartitions(group, offsets)])[group].result(30)
+
+    per_partition = [metric for metric in METRICS if metric.per_partition]
+    per_topic = [metric for metric in METRICS if metric.collector is Part.KAFKA_GROUPS and len(metric.labels) == 2
+                 and metric.labels[1] == "topic"]
+    told: dict[str, dict[str, dict]] = {}
+    clock = FixedClock(time.time())
+    for detail in ("all", "lag", "none"):
+        source = source_factory(make_config(kafka, unique, partition_series={"detail": detail}), clock)
+        results = gather_until(source, lambda r: group_values(r, "kafka_consumer_group_topic_lag"),
+                               "the group's lag")
+        told[detail] = {metric.name: group_values(results, metric.name) for metric in per_partition + per_topic}
+    assert told["all"]["kafka_consumer_group_topic_lag"] == {(group, orders): 4 + 0 + 2}
+    assert told["all"]["kafka_consumer_group_topic_max_lag"] == {(group, orders): 4}
+    assert told["all"]["kafka_consumer_group_topic_partitions_lagging"] == {(group, orders): 2}
+    assert told["all"]["kafka_consumer_group_topic_max_lag_seconds"] == {
+        (group, orders): pytest.approx(clock() - (BASE_MS + 1000) / 1000)}
+    for detail in ("lag", "none"):
+        assert {name: told[detail][name] for name in (m.name for m in per_topic)} == {
+            name: told["all"][name] for name in (m.name for m in per_topic)}, detail
+    assert all(told["all"][metric.name] for metric in per_partition)
+    assert told["lag"]["kafka_consumer_group_lag"] == told["all"]["kafka_consumer_group_lag"] == {
+        (group, orders, "0"): 4, (group, orders, "1"): 0, (group, orders, "2"): 2}
+    assert not any(told["lag"][metric.name] for metric in per_partition if metric.name != "kafka_consumer_group_lag")
+    assert not any(told["none"][metric.name] for metric in per_partition)

@@ -9,23 +9,26 @@ written there with ``python3 -m tests.test_metric_handles`` and shows in the dif
 
 from __future__ import annotations
 
+from array import array
 from pathlib import Path
 
 import pytest
 
 from exporter import metrics
 from exporter.dlq_tail import depth_samples
-from exporter.kafka_groups import GroupInfo, GroupsRead, LagPosition, group_samples, lags
+from exporter.group_series import GroupSeriesBuilder, topic_lags
+from exporter.kafka_groups import GroupInfo, GroupsRead
 from exporter.kafka_metadata import ClusterView, PartitionInfo, cluster_samples, topic_samples
 from exporter.metrics import METRICS, MetricDef, Part, Sample
 from exporter.pipeline_counters import pipeline_samples
 from exporter.record_age import Lookup
 from exporter.render import render, render_openmetrics
 from exporter.services_source import probe_samples
+from exporter.settings import PartitionSeries
 from exporter.snapshot import Snapshot
 from pipeline.config import Stage
 from pipeline.health import ProbeResult
-from pipeline.kafka import Watermarks
+from pipeline.kafka import Watermarks, offsets_by_topic
 
 GOLDEN = Path(__file__).parent / "golden"
 AWKWARD = 'quote " backslash \\ newline \n end'
@@ -106,17 +109,17 @@ def collector_samples() -> list[tuple[Part, list[Sample]]]:
     read_now = Watermarks({key: value for key, value in high.items() if key != ("stamp.dlq", 1)}, low, {})
     groups = GroupsRead([
         GroupInfo("stamper", "Stable", 2, frozenset({"stamp.requests"}),
-                  {("stamp.requests", 0): 18, ("stamp.requests", 1): 5}),
-        GroupInfo("orders-app", "PreparingRebalance", 0, frozenset(), {("orders", 0): 4, ("orders", 2): 7}),
+                  offsets_by_topic([("stamp.requests", 0, 18), ("stamp.requests", 1, 5)])),
+        GroupInfo("orders-app", "PreparingRebalance", 0, frozenset(),
+                  offsets_by_topic([("orders", 0, 4), ("orders", 2, 7), ("orders", 9, 1)])),
         GroupInfo("blind", "Empty", 1, frozenset({"orders"}), {}, committed_read=False),
         GroupInfo("idle", "Dead", 0, frozenset({"orders"}), {}),
     ], {"describe": [RuntimeError("no answer")]})
-    positions = [LagPosition("stamper", "stamp.requests", 0, 18, 18, 2),
-                 LagPosition("stamper", "stamp.requests", 1, 5, 5, 0),
-                 LagPosition("orders-app", "orders", 0, 4, 4, 6),
-                 LagPosition("orders-app", "orders", 2, 7, 7, 0),
-                 LagPosition("orders-app", "orders", 9, 1, 1, 3)]
-    changed_at = {("stamper", "stamp.requests", 0): 950.0, ("orders-app", "orders", 0): 900.5}
+    # orders[9]: a partition the metadata does not know, whose high watermark was read: its lag is
+    # told, and 0 as only transaction markers are left after the group's position.
+    marks_with_9 = Watermarks({**high, ("orders", 9): 4}, low, marks.errors)
+    changed_at = {("stamper", "stamp.requests"): array("d", [950.0, 960.0]),
+                  ("orders-app", "orders"): array("d", [900.5, 930.0, 940.0])}
     record_times = Lookup({("stamp.requests", 0, 18): 990.0, ("stamp.dlq", 0, 2): 800.0, ("stamp.dlq", 1, 2): 700.0},
                           frozenset({("orders", 9, 1)}))
     topics = view.selected_topics(lambda name: name == "orders", ["stamp.requests", "stamp.dlq", "gone.requests"])
@@ -127,7 +130,8 @@ def collector_samples() -> list[tuple[Part, list[Sample]]]:
         (Part.KAFKA_CLUSTER, cluster_samples(view, topics)),
         (Part.KAFKA_TOPICS, topic_samples(view, topics, marks)),
         (Part.PIPELINE, pipeline_samples(stages, view, marks)),
-        (Part.KAFKA_GROUPS, group_samples(groups, view, changed_at, lags(positions, record_times, 1000.0))),
+        (Part.KAFKA_GROUPS, GroupSeriesBuilder(PartitionSeries()).samples(
+            groups, view, topic_lags(groups.groups, marks_with_9), record_times, changed_at, 1000.0)),
         (Part.DLQ, depth_samples(stages, dlq_partitions, marks, read_now, record_times.timestamps)),
         (Part.DLQ, depth_samples(stages, dlq_partitions, marks, marks, record_times.timestamps)),
         (Part.SERVICES, [item for result in probes for item in probe_samples(result)]),

@@ -40,7 +40,7 @@ def _generated_rules() -> dict[str, list[str]]:
 def test_generated_rules_read_the_metrics_they_are_about():
     rules = _generated_rules()
     reads = {name: set().union(*map(metric_names, exprs)) for name, exprs in rules.items()}
-    assert reads["HighConsumerLag"] == {"kafka_consumer_group_lag", "tree_pipeline_stage_info"}
+    assert reads["HighConsumerLag"] == {"kafka_consumer_group_topic_max_lag", "tree_pipeline_stage_info"}
     assert reads["StageErrorBudgetBurn"] == {f"stage:tree_events_error_ratio:rate{window}"
                                              for window in ("5m", "30m", "1h", "2h", "6h", "1d", "3d")}
     assert reads["stage:tree_events_processed:rate5m"] == {"tree_events_processed_total"}

@@ -109,8 +109,8 @@ def test_json_names_every_change_a_reviewer_looks_for(rule_files: tuple[Path, Pa
         "annotations.summary": ("A tree stamping service is down", "A tree stamping service is unreachable")}
     # A threshold that moved in an expression that changed otherwise too: the expression, shown whole.
     (old_stalled, new_stalled), = _changes(alerts, "ConsumerGroupStalled").values()
-    assert "> 600 and kafka_consumer_group_lag" in old_stalled
-    assert "> 900 and on (job, group) kafka_consumer_group_lag" in new_stalled
+    assert "> 600 and kafka_consumer_group_topic_lag" in old_stalled
+    assert "> 900 and on (job, group) kafka_consumer_group_topic_lag" in new_stalled
     assert {entry["name"] for entry in alerts["changed"]} == {
         "HighConsumerLag", "DLQOverflow", "LowThroughput", "TreeServiceDown", "ConsumerGroupStalled"}
     (recording,) = report["recording_rules"]["changed"]

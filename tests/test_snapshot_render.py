@@ -139,7 +139,7 @@ def group_series(group: str, partitions: int) -> list[Sample]:
                      for p in range(partitions)]
 
 
-def test_the_cap_serves_small_collectors_first_and_keeps_or_drops_a_group_whole():
+def test_the_cap_serves_small_collectors_first_then_groups_per_topic_then_their_partitions():
     services = [TREE_SERVICE_STATUS.sample(1, service=name, status="healthy")
                 for name in ("intelligence", "bridge")]
     # Lag series come after every group's state, as the Kafka source writes them.
@@ -147,14 +147,22 @@ def test_the_cap_serves_small_collectors_first_and_keeps_or_drops_a_group_whole(
     cluster = [KAFKA_BROKERS.sample(3)]
     # The groups come first here, the services last: the order given must not matter.
     given = [(Part.KAFKA_GROUPS, groups), (Part.KAFKA_CLUSTER, cluster), (Part.SERVICES, services)]
-    # Room for the services, the cluster, group a (4 series) and only half of group b (5 series).
+    # Room for the services and the cluster (3), both groups' own series (4), and the partitions of
+    # group a (2) but not those of group b (3): b is told without its partitions, never half of them.
     snapshot = Snapshot.build(given, built_at=1.0, max_series=3 + 4 + 2)
     assert snapshot.values(TREE_SERVICE_STATUS) == {("intelligence", "healthy"): 1, ("bridge", "healthy"): 1}
     assert snapshot.values(KAFKA_BROKERS) == {(): 3}
-    assert snapshot.values(KAFKA_CONSUMER_GROUP_MEMBERS) == {("a",): 1}
+    assert snapshot.values(KAFKA_CONSUMER_GROUP_MEMBERS) == {("a",): 1, ("b",): 1}
     assert snapshot.values(KAFKA_CONSUMER_GROUP_LAG) == {("a", "t", "0"): 0, ("a", "t", "1"): 0}
-    assert dict(snapshot.dropped) == {Part.KAFKA_GROUPS: 5}
-    assert len(snapshot) == 9 - 2
+    assert dict(snapshot.dropped) == {Part.KAFKA_GROUPS: 3}
+    assert len(snapshot) == 9
+
+    # Room for one group's own series only: group b goes whole, and no group has partitions.
+    snapshot = Snapshot.build(given, built_at=1.0, max_series=3 + 2 + 1)
+    assert snapshot.values(KAFKA_CONSUMER_GROUP_MEMBERS) == {("a",): 1}
+    assert snapshot.values(KAFKA_CONSUMER_GROUP_STATE) == {("a", "Stable"): 1}
+    assert not snapshot.values(KAFKA_CONSUMER_GROUP_LAG)
+    assert dict(snapshot.dropped) == {Part.KAFKA_GROUPS: 2 + 2 + 3}
 
 
 def test_a_scrape_renders_each_snapshot_once(counted_renders: list[Snapshot]):
