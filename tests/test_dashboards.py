@@ -20,7 +20,8 @@ import shutil
 import subprocess
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -635,11 +636,22 @@ def _backfill_recording_rules(workdir: Path, storage: Path, start: int, end: int
 
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory) -> Iterator[Prometheus]:
-    workdir = tmp_path_factory.mktemp("prometheus")
+    with history_prometheus(tmp_path_factory.mktemp("prometheus")) as served:
+        yield served
+
+
+@contextmanager
+def history_prometheus(workdir: Path, edit: Callable[[Path, Path], None] | None = None) -> Iterator[Prometheus]:
+    """A Prometheus serving the test history and its recording rules; ``edit(written, served)``, when
+    given, makes the history served from the one written."""
     end = int(time.time()) // 60 * 60 - 60
     start = end - HISTORY_SECONDS
     data = workdir / "data.om"
-    write_openmetrics(data, start)
+    if edit is None:
+        write_openmetrics(data, start)
+    else:
+        write_openmetrics(workdir / "full.om", start)
+        edit(workdir / "full.om", data)
     storage = workdir / "tsdb"
     created = subprocess.run([_binary("promtool"), "tsdb", "create-blocks-from", "openmetrics", str(data),
                               str(storage)], capture_output=True, text=True, timeout=300)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,20 +31,16 @@ from exporter import metrics
 from tests.test_dashboards import (
     BUILTINS,
     DASHBOARDS,
-    HISTORY_SECONDS,
     LABEL_VALUES,
     QUERIES,
     Prometheus,
     Query,
-    _backfill_recording_rules,
     _binary,
-    _start_prometheus,
-    _stop,
     data_panels,
+    history_prometheus,
     metrics_read,
     query_variables,
     substitute,
-    write_openmetrics,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -389,22 +384,8 @@ def _without_per_partition_series(source: Path, target: Path) -> None:
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
     """test_dashboards' history and recording rules, served without a single per-partition series."""
-    workdir = tmp_path_factory.mktemp("prometheus-detail-none")
-    end = int(time.time()) // 60 * 60 - 60
-    start = end - HISTORY_SECONDS
-    write_openmetrics(workdir / "full.om", start)
-    data = workdir / "data.om"
-    _without_per_partition_series(workdir / "full.om", data)
-    storage = workdir / "tsdb"
-    created = subprocess.run([_binary("promtool"), "tsdb", "create-blocks-from", "openmetrics", str(data),
-                              str(storage)], capture_output=True, text=True, timeout=300)
-    assert created.returncode == 0, f"promtool failed:\n{created.stdout}\n{created.stderr}"
-    _backfill_recording_rules(workdir, storage, start, end)
-    process, url = _start_prometheus(workdir, storage, "prometheus.log")
-    try:
-        yield Prometheus(url=url, time=end)
-    finally:
-        _stop(process)
+    with history_prometheus(tmp_path_factory.mktemp("prometheus-detail-none"), _without_per_partition_series) as served:
+        yield served
 
 
 def _opening_values(dashboard: str) -> dict[str, str]:
