@@ -5,10 +5,10 @@ Per refresh: one metadata request (topics, partitions, brokers, controller); the
 process of their own, see exporter/group_reader.py, while this process reads the watermarks); one
 ListOffsets round for the high watermarks and one for the log starts of every partition watched,
 both in flight together (and once more for topics only a group consumes); the groups' series built
-in arrays per group and topic (exporter/group_series.py); one batched read of the record timestamps not already known (lag seconds, the
-oldest dead letter); the DLQ tail. Nothing is asked per partition. The whole pass shares one
-deadline, so a slow cluster costs one budget per refresh, not one timeout per round of requests,
-and a stopping exporter interrupts it between two steps.
+in arrays per group and topic (exporter/group_series.py); one batched read of the record
+timestamps not already known (lag seconds, the oldest dead letter); the DLQ tail. Nothing is asked
+per partition. The whole pass shares one deadline, so a slow cluster costs one budget per refresh,
+not one timeout per round of requests, and a stopping exporter interrupts it between two steps.
 
 Each collector fails on its own: groups that cannot be listed do not take the topic offsets down,
 and a DLQ tail that cannot read does not take the pipeline counters down. Without metadata nothing
