@@ -257,6 +257,10 @@ def test_the_recording_rules_and_every_dashboard_query_show_the_fourth_stage(pip
     assert set(processing) == {"discover", "stamp", "index", NEW_STAGE}
     assert NEW_STAGE in stage_series(pipeline, "stage:kafka_consumer_group_lag:sum")
     assert NEW_STAGE in stage_series(pipeline, "stage:tree_events_error_ratio:rate5m")
+    # The SLO budget's ratio is recorded by a group of its own, evaluated less often (its 5m, time
+    # scaled): the enrich stage is in it from that group's first evaluation after its data came.
+    wait_for(lambda: NEW_STAGE in stage_series(pipeline, "stage:tree_events_error_ratio:rate30d") or None,
+             "the enrich stage's 30-day error ratio in Prometheus")
 
     # Every panel with "All" selected, as a dashboard opens: a query whose series are per stage has
     # the new stage's too (none names the built-in stages).
